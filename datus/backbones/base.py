@@ -1,0 +1,99 @@
+"""What every backbone returns, and the contract it keeps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+#: Names of the per-patch features a backbone may return (see :class:`BackboneOutput`).
+PATCH_FEATURES = ("keys", "queries", "values", "tokens")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class BackboneError(ValueError):
+    """A backbone was asked for something it cannot do (bad input size, unknown feature, ...)."""
+
+
+@dataclass
+class BackboneOutput:
+    """Features of one batch, all on the patch grid of shape ``grid = (h, w)``.
+
+    Per-patch tensors are ``(B, h*w, D)`` in row-major grid order; ``keys``, ``queries`` and
+    ``values`` are the last block's attention projections with heads concatenated (the DatUS²
+    paper uses the keys); ``tokens`` are the final normalised output tokens. ``attentions``
+    is the last block's attention of the CLS token to every patch, ``(B, heads, h*w)``.
+    A CNN has no attention: its ``keys``/``queries``/``values``/``attentions`` are ``None``.
+    """
+
+    tokens: Tensor
+    cls: Tensor
+    grid: tuple[int, int]
+    keys: Tensor | None = None
+    queries: Tensor | None = None
+    values: Tensor | None = None
+    attentions: Tensor | None = None
+
+    def features(self, name: str) -> Tensor:
+        """The per-patch feature called ``name`` (one of :data:`PATCH_FEATURES`)."""
+        if name not in PATCH_FEATURES:
+            raise BackboneError(f"unknown patch feature {name!r}; choose one of {PATCH_FEATURES}")
+        value = getattr(self, name)
+        if value is None:
+            raise BackboneError(
+                f"this backbone has no {name!r} (a CNN has no attention); use 'tokens' instead"
+            )
+        return value
+
+    def feature_map(self, name: str) -> Tensor:
+        """The per-patch feature ``name`` as a ``(B, D, h, w)`` map."""
+        x = self.features(name)
+        h, w = self.grid
+        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)
+
+
+class Backbone(nn.Module):
+    """A frozen feature extractor with a fixed patch size (a CNN's output stride).
+
+    Subclasses set ``name``, ``patch_size``, ``embed_dim``, ``mean`` and ``std`` and implement
+    :meth:`extract`; images go in normalised (see :meth:`normalize`) with height and width
+    multiples of ``patch_size``.
+    """
+
+    name: str
+    patch_size: int
+    embed_dim: int
+    num_heads: int | None = None
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """Map RGB images in ``[0, 1]`` (float) or ``[0, 255]`` (uint8) to the model's input scale."""
+        if images.dtype == torch.uint8:
+            images = images.float() / 255.0
+        mean = torch.tensor(self.mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+        return (images - mean) / std
+
+    def check_input(self, images: Tensor) -> tuple[int, int]:
+        """Validate a ``(B, 3, H, W)`` batch and return its patch grid ``(H/p, W/p)``."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise BackboneError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        height, width = images.shape[-2:]
+        p = self.patch_size
+        if height % p or width % p or height < p or width < p:
+            raise BackboneError(
+                f"{self.name}: image size {height}x{width} is not a positive multiple of the "
+                f"patch size {p}; resize to e.g. {max(p, height // p * p)}x{max(p, width // p * p)}"
+            )
+        return height // p, width // p
+
+    def extract(self, images: Tensor) -> BackboneOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> BackboneOutput:
+        return self.extract(images)
