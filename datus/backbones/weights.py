@@ -65,7 +65,11 @@ def clean_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 def load_into(model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
     """Load ``state`` strictly into ``model``, naming what is missing or unexpected."""
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        first = [line.strip() for line in str(err).splitlines() if "size mismatch" in line][:3]
+        raise WeightsError(f"{source} does not fit this architecture: {'; '.join(first) or err}") from err
     missing = [k for k in result.missing_keys if not k.startswith(("head.", "fc."))]
     if missing or result.unexpected_keys:
         raise WeightsError(

@@ -1,0 +1,145 @@
+"""Base class shared by all segmentation datasets.
+
+Subclasses only say where files are (``_find_samples``) and what mask values
+mean (``_decode_mask``); this class does reading, checking and tensor
+conversion so every dataset returns the same item format:
+
+``{"image": uint8 (3, H, W) RGB, "mask": int64 (H, W) with 255 = void, "stem": str, "index": int}``
+(``"mask"`` only when the split has masks).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from datus.data.errors import DatasetError
+from datus.data.files import format_names
+from datus.data.io import image_size as header_size
+from datus.data.io import read_image, read_label_image
+from datus.data.sample import Sample
+
+__all__ = ["SegmentationDataset", "Sample", "DatasetError"]
+
+Transform = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class SegmentationDataset(Dataset):
+    """Images (and optional class-index masks) of one split of one dataset.
+
+    Attributes: ``name`` (config name), ``classes``, ``num_classes``,
+    ``ignore_index`` (always 255 in returned masks), ``samples``,
+    ``has_masks``, ``root``, ``split``, ``transform``.
+    """
+
+    name: ClassVar[str] = "base"
+    ignore_index: int = 255
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        split: str,
+        classes: tuple[str, ...] = (),
+        transform: Transform | None = None,
+    ) -> None:
+        self.root = Path(root).expanduser()
+        self.split = str(split)
+        self.classes = tuple(str(c) for c in classes)
+        self.transform = transform
+        self.samples: list[Sample] = sorted(self._find_samples(), key=lambda s: s.stem)
+        if not self.samples:
+            raise DatasetError(
+                f"{self.name}: no images found for split {self.split!r} under {self.root}; check dataset.root"
+            )
+        with_mask = sum(s.mask is not None for s in self.samples)
+        if 0 < with_mask < len(self.samples):
+            raise DatasetError(
+                f"{self.name} split {self.split!r} under {self.root}: some samples have masks, others not"
+            )
+        self.has_masks = with_mask > 0
+
+    # ---- to implement in subclasses -------------------------------------------------
+    def _find_samples(self) -> list[Sample]:
+        """Locate and pair this split's files (use :func:`datus.data.files.pair_samples`)."""
+        raise NotImplementedError
+
+    def _decode_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        """Turn the raw stored mask values into class indices, void -> 255."""
+        raise NotImplementedError
+
+    def _read_raw_mask(self, path: Path) -> np.ndarray:
+        """Read the stored mask values; override for colour-coded masks."""
+        return read_label_image(path)
+
+    # ---- public API -----------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        """Number of real classes (void not counted)."""
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def read_mask(self, sample: Sample, image_size: tuple[int, int] | None = None) -> np.ndarray:
+        """Read and check ``sample``'s mask as an int64 (H, W) class-index map with 255 for void.
+
+        Raises :class:`DatasetError` if its size differs from the image's or
+        it holds values outside ``[0, num_classes)`` and 255.
+        """
+        if sample.mask is None:
+            raise DatasetError(f"{self.name} split {self.split!r} has no mask for {sample.image}")
+        mask = np.asarray(self._decode_mask(self._read_raw_mask(sample.mask), sample.mask)).astype(np.int64, copy=False)
+        expected = image_size if image_size is not None else header_size(sample.image)
+        if tuple(mask.shape) != tuple(expected):
+            h, w = mask.shape[:2]
+            raise DatasetError(
+                f"mask {sample.mask} is {w}x{h} (width x height) but its image {sample.image} is "
+                f"{expected[1]}x{expected[0]}"
+            )
+        bad = ((mask < 0) | (mask >= self.num_classes)) & (mask != 255)
+        if bad.any():
+            values = [str(v) for v in np.unique(mask[bad]).tolist()]
+            raise DatasetError(
+                f"mask {sample.mask} has label values {format_names(values, 10)} outside "
+                f"0..{self.num_classes - 1} ({self.name}: {self.num_classes} classes) and 255 (void)"
+            )
+        return mask
+
+    def load(self, index: int) -> dict[str, Any]:
+        """Read item ``index`` without applying ``transform``."""
+        n = len(self.samples)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {self!r}")
+        index %= n
+        sample = self.samples[index]
+        image = read_image(sample.image)
+        item: dict[str, Any] = {
+            "image": torch.from_numpy(image).permute(2, 0, 1).contiguous(),
+            "stem": sample.stem,
+            "index": index,
+        }
+        if self.has_masks:
+            item["mask"] = torch.from_numpy(self.read_mask(sample, image.shape[:2]))
+        return item
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.load(int(index))
+        return self.transform(item) if self.transform is not None else item
+
+    def validate(self) -> "SegmentationDataset":
+        """Read every image and mask once; raise on the first problem. Returns ``self``."""
+        for i in range(len(self)):
+            self.load(i)
+        return self
+
+    def __repr__(self) -> str:
+        masks = "with masks" if self.has_masks else "no masks"
+        return (
+            f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, images={len(self)}, "
+            f"classes={self.num_classes}, {masks}, root='{self.root}')"
+        )

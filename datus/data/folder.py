@@ -1,0 +1,85 @@
+"""Any folder of images, optionally with class-index masks (config name ``folder``).
+
+Layout: ``root/<split>/images/*`` and, optionally, ``root/<split>/true_masks/*.png``
+(single-channel, one class id per pixel, same stems as the images). Without
+a ``true_masks`` folder the split is unlabelled: items have no ``"mask"``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from datus.data.base import SegmentationDataset, Transform
+from datus.data.errors import DatasetError
+from datus.data.files import list_images, pair_samples, require_dir
+from datus.data.io import to_index_map
+from datus.data.sample import Sample
+
+__all__ = ["ImageFolder"]
+
+
+def _class_names(num_classes: int | None, class_names: Sequence[str] | None) -> tuple[str, ...]:
+    """Resolve the class names from the two settings, checking they agree."""
+    if class_names is not None:
+        names = tuple(str(c) for c in class_names)
+        if num_classes is not None and len(names) != num_classes:
+            raise DatasetError(
+                f"dataset.class_names has {len(names)} names but dataset.num_classes={num_classes}; make them agree"
+            )
+        num_classes = len(names)
+    if num_classes is None:
+        return ()
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or not 1 <= num_classes <= 255:
+        raise DatasetError(
+            f"dataset.num_classes={num_classes!r} must be an integer in 1..255 (255 is reserved for void)"
+        )
+    return tuple(class_names) if class_names is not None else tuple(f"class_{i}" for i in range(num_classes))
+
+
+class ImageFolder(SegmentationDataset):
+    """Your own images; masks optional. ``ignore_index`` is the void value *in the files* (mapped to 255)."""
+
+    name = "folder"
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        split: str = "train",
+        num_classes: int | None = None,
+        ignore_index: int = 255,
+        class_names: Sequence[str] | None = None,
+        transform: Transform | None = None,
+    ) -> None:
+        if not isinstance(ignore_index, int) or not 0 <= ignore_index <= 65535:
+            raise DatasetError(f"dataset.ignore_index={ignore_index!r} must be a non-negative integer")
+        self.file_ignore_index = ignore_index
+        super().__init__(root, split, _class_names(num_classes, class_names), transform)
+        if self.has_masks and self.num_classes == 0:
+            raise DatasetError(
+                f"{self.root / self.split / 'true_masks'} holds masks, so set dataset.num_classes "
+                "(number of classes, void not counted)"
+            )
+
+    def _find_samples(self) -> list[Sample]:
+        split_dir = require_dir(self.root, "dataset.root") / self.split
+        image_dir, mask_dir = split_dir / "images", split_dir / "true_masks"
+        images = list_images(image_dir, what=f"{self.split} images")
+        if not mask_dir.exists():
+            return [Sample(image=path, mask=None, stem=stem) for stem, path in images.items()]
+        masks = list_images(mask_dir, what=f"{self.split} masks")
+        return pair_samples(images, masks, image_dir, mask_dir)
+
+    def _decode_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        raw = to_index_map(raw, path)
+        mask = raw.astype(np.int64)
+        if self.file_ignore_index != 255 and self.num_classes <= 255 and (raw == 255).any():
+            raise DatasetError(
+                f"mask {path} has label value 255, which is not a class (0..{self.num_classes - 1}) and "
+                f"not the void value dataset.ignore_index={self.file_ignore_index}"
+            )
+        mask[raw == self.file_ignore_index] = 255
+        return mask

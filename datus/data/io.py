@@ -1,0 +1,142 @@
+"""Reading image and label files into numpy arrays.
+
+One place that turns "any file PIL can open" into the two array shapes the
+rest of the project relies on: (H, W, 3) uint8 RGB for images, and the raw
+stored values for label maps. Decoding is forced inside ``try`` so broken
+files fail here, with their path, instead of deep inside a DataLoader worker.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from datus.data.errors import DatasetError, ImageReadError
+
+__all__ = ["IMAGE_EXTENSIONS", "read_image", "read_label_image", "image_size", "to_index_map"]
+
+#: File suffixes (lower case) treated as images when listing folders.
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+
+T = TypeVar("T")
+
+_READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, UnidentifiedImageError, Image.DecompressionBombError)
+
+
+def _decode(path: Path, convert: Callable[[Image.Image], T]) -> T:
+    """Open ``path``, force full decoding and apply ``convert`` while the file is open.
+
+    Truncated, empty and non-image files raise :class:`ImageReadError` here,
+    naming the path, instead of failing later inside a DataLoader worker.
+    """
+    try:
+        if path.is_file() and path.stat().st_size == 0:
+            raise ImageReadError(f"cannot read image {path}: the file is empty (0 bytes)")
+        with Image.open(path) as im:
+            with warnings.catch_warnings():
+                # palette+transparency warnings: handled by converting through RGBA
+                warnings.simplefilter("ignore", UserWarning)
+                im.load()
+                return convert(im)
+    except ImageReadError:
+        raise
+    except FileNotFoundError as e:
+        raise ImageReadError(f"cannot read image {path}: file does not exist") from e
+    except _READ_ERRORS as e:
+        raise ImageReadError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
+
+
+def _int_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Scale 16/32-bit integer pixels to 8 bit (16-bit range divides by 257; wider ranges are min-max scaled)."""
+    arr = arr.astype(np.float64)
+    lo, hi = float(arr.min(initial=0)), float(arr.max(initial=0))
+    if lo < 0 or hi > 65535:
+        arr = (arr - lo) / max(hi - lo, 1.0) * 255.0
+    else:
+        arr = arr / 257.0
+    return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+
+
+def _float_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Map float pixels to 8 bit: [0, 1] -> x255, [0, 255] kept, anything else min-max scaled."""
+    arr = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = float(arr.min(initial=0)), float(arr.max(initial=0))
+    if lo >= 0 and hi <= 1.0:
+        arr = arr * 255.0
+    elif lo < 0 or hi > 255.0:
+        arr = (arr - lo) / max(hi - lo, 1e-12) * 255.0
+    return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+
+
+def _to_rgb_array(im: Image.Image) -> np.ndarray:
+    """Convert a loaded PIL image of any mode to a (H, W, 3) uint8 RGB array."""
+    mode = im.mode
+    if mode == "RGB":
+        return np.asarray(im, dtype=np.uint8).copy()
+    if mode.startswith("I"):  # "I", "I;16", "I;16B", "I;16L", "I;16N"
+        gray = _int_to_uint8(np.asarray(im))
+    elif mode == "F":
+        gray = _float_to_uint8(np.asarray(im))
+    elif mode in ("P", "PA"):
+        rgba = im.convert("RGBA")  # goes through RGBA so palette transparency is handled, then dropped
+        return np.asarray(rgba, dtype=np.uint8)[..., :3].copy()
+    else:  # 1, L, LA, La, RGBA, RGBa, RGBX, CMYK, YCbCr, LAB, HSV
+        return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read any image file as a (H, W, 3) uint8 **RGB** array, EXIF orientation applied.
+
+    Grayscale, alpha, palette, 16-bit, float, CMYK and 1-bit files are all
+    converted; 16-bit data is scaled (/257), never clipped. Unreadable files
+    raise :class:`ImageReadError` naming the path.
+    """
+    return _decode(Path(path), lambda im: np.ascontiguousarray(_to_rgb_array(ImageOps.exif_transpose(im))))
+
+
+def read_label_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read a label file's stored values unchanged (palette indices, not colours; no EXIF rotation).
+
+    Returns (H, W) for single-channel files and (H, W, C) for colour files;
+    callers decide what the values mean.
+    """
+    arr = _decode(Path(path), lambda im: np.array(im))
+    return arr.astype(np.uint8) if arr.dtype == bool else arr
+
+
+def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """Return (H, W) of an image from its header, without decoding pixels (EXIF rotation applied)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            orientation = im.getexif().get(0x0112, 1)
+    except _READ_ERRORS as e:
+        raise ImageReadError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def to_index_map(raw: np.ndarray, path: Path) -> np.ndarray:
+    """Return a single-channel class-index map from a raw label array.
+
+    Colour files whose channels are all equal (grey saved as RGB) are
+    accepted; genuinely coloured masks raise :class:`DatasetError`.
+    """
+    if raw.ndim == 2:
+        return raw
+    if raw.ndim == 3 and raw.shape[2] in (1, 2):  # L or LA: the grey channel holds the ids
+        return raw[..., 0]
+    if raw.ndim == 3 and raw.shape[2] in (3, 4):  # RGB/RGBA saved from a grey map: ignore alpha
+        colour = raw[..., :3]
+        if all(np.array_equal(colour[..., 0], colour[..., c]) for c in range(1, colour.shape[2])):
+            return colour[..., 0]
+    raise DatasetError(
+        f"mask {path} has shape {raw.shape}: expected a single-channel class-index image "
+        "(one class id per pixel), not a colour-coded mask"
+    )
