@@ -1,0 +1,131 @@
+"""Every config of every group composes and instantiates; entry points run end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from datus.backbones import Backbone, list_backbones
+from datus.data import SegmentationDataset
+from tests.conftest import CONF_DIR, PROJECT_ROOT, compose_config
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def test_paths_defaults_follow_the_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("DATUS_DATA", raising=False)
+    monkeypatch.delenv("DATUS_CACHE", raising=False)
+    cfg = compose_config("discover", [], tmp_path)
+    assert cfg.paths.data_dir == "data"
+    assert cfg.paths.cache_dir == "~/.cache/datus"
+    monkeypatch.setenv("DATUS_DATA", "/datasets")
+    monkeypatch.setenv("DATUS_CACHE", "/scratch/cache")
+    cfg = compose_config("discover", [], tmp_path)
+    assert cfg.paths.data_dir == "/datasets" and cfg.paths.cache_dir == "/scratch/cache"
+
+
+@pytest.mark.parametrize("name", _options("backbone"))
+def test_backbone_configs_instantiate_with_random_weights(name, tmp_path):
+    cfg = compose_config("discover", [f"backbone={name}", "backbone.weights=random"], tmp_path)
+    backbone = instantiate(cfg.backbone)
+    assert isinstance(backbone, Backbone) and backbone.name == name
+    assert backbone.patch_size == cfg.backbone.patch_size
+    assert cfg.resize.patch_size == backbone.patch_size  # the resize follows the backbone
+    assert name in list_backbones()
+
+
+@pytest.mark.parametrize("name", _options("dataset"))
+def test_dataset_configs_compose_and_point_at_the_data_dir(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("DATUS_DATA", "/datasets")
+    cfg = compose_config("discover", [f"dataset={name}"], tmp_path)
+    node = OmegaConf.to_container(cfg.dataset, resolve=True)
+    assert node["_target_"].startswith("datus.data.")
+    if "root" in node:
+        assert node["root"].startswith("/datasets/")
+
+
+def test_demo_dataset_config_instantiates_offline(tmp_path):
+    cfg = compose_config("discover", ["dataset=demo"], tmp_path)
+    data = instantiate(cfg.dataset)
+    assert isinstance(data, SegmentationDataset) and len(data) >= 5
+
+
+def test_camvid_config_instantiates_on_the_real_copy(tmp_path, camvid_root):
+    cfg = compose_config("discover", ["dataset=camvid", f"dataset.root={camvid_root}", "dataset.split=val"], tmp_path)
+    data = instantiate(cfg.dataset)
+    assert len(data) == 101 and data.num_classes == 11
+
+
+@pytest.mark.parametrize("name", _options("trainer"))
+def test_trainer_configs_compose(name, tmp_path):
+    cfg = compose_config("discover", [f"trainer={name}"], tmp_path)
+    assert cfg.trainer._target_ == "pytorch_lightning.Trainer"
+    if name == "cpu":
+        trainer = instantiate(cfg.trainer)
+        assert trainer.num_devices == 1
+
+
+@pytest.mark.parametrize("name", _options("logger"))
+def test_logger_configs_instantiate(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    from datus.utils import instantiate_loggers
+
+    cfg = compose_config("discover", [f"logger={name}"], tmp_path)
+    loggers = instantiate_loggers(cfg.logger)
+    assert len(loggers) == (0 if name == "none" else 1)
+
+
+@pytest.mark.parametrize("name", _options("experiment"))
+def test_experiment_configs_compose(name, tmp_path):
+    cfg = compose_config("discover", [f"experiment={name}"], tmp_path)
+    assert cfg.backbone.name in list_backbones()
+
+
+def test_invalid_resize_fails_before_any_work(tmp_path):
+    cfg = compose_config("discover", ["resize.mode=square", "resize.size=225"], tmp_path)
+    with pytest.raises(Exception, match="not a multiple of the patch size 14"):
+        instantiate(cfg.resize)
+
+
+def test_discover_runs_end_to_end_on_demo_images_with_a_tiny_backbone(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "discover.py", "backbone=tiny_vit", "resize.size=64", "logger=none",
+         f"hydra.run.dir={out}"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 5 and summary["backbone"] == "tiny_vit"
+    pictures = sorted(p.name for p in (out / "features").glob("*.png"))
+    assert len(pictures) == 5 and "chelsea.png" in pictures
+    assert not list(out.rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_discover_default_command_runs_offline_with_the_packaged_dinov2(tmp_path, cache_dir):
+    """The README's first command: no arguments, packaged weights, demo photos."""
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "discover.py", f"hydra.run.dir={out}", f"paths.cache_dir={cache_dir}"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["backbone"] == "dinov2_vits14" and summary["weights"] == "packaged"
+    assert summary["images"] == 5
+    from PIL import Image
+
+    grid = {r["stem"]: r["grid"] for r in summary["per_image"]}["chelsea"]
+    pca = Image.open(out / "pca" / "chelsea.png")
+    assert pca.mode == "RGB" and pca.size == (grid[1], grid[0])  # one pixel per patch
+    assert "pictures in" in proc.stderr + proc.stdout
