@@ -91,6 +91,14 @@ class Backbone(nn.Module):
             )
         return height // p, width // p
 
+    def key_bias(self) -> Tensor | None:
+        """Bias of the last block's key projection (ViTs), or ``None``.
+
+        On DINOv2 it dominates the keys (every key dot product is positive), which is why
+        the scene-decomposition graph can subtract it (``graph.affinity.debias``).
+        """
+        return None
+
     def extract(self, images: Tensor) -> BackboneOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -60,6 +60,12 @@ class ViTBackbone(Backbone):
         self._qkv: Tensor | None = None
         self._hook = attn.qkv.register_forward_hook(self._keep_qkv)
 
+    def key_bias(self) -> Tensor | None:
+        bias = self.model.blocks[-1].attn.qkv.bias
+        if bias is None:
+            return None
+        return bias[self.embed_dim : 2 * self.embed_dim].detach()
+
     def _keep_qkv(self, _module, _inputs, output: Tensor) -> None:
         self._qkv = output
 

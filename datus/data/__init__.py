@@ -12,6 +12,7 @@ from datus.data.errors import DatasetError, ImageReadError
 from datus.data.files import list_images, pair_samples
 from datus.data.folder import ImageFolder
 from datus.data.io import IMAGE_EXTENSIONS, read_image
+from datus.data.safe import SkipUnreadable
 from datus.data.sample import Sample
 from datus.data.suim import SUIM, SUIM_COARSE_CLASSES, SUIM_FINE_CLASSES
 
@@ -31,6 +32,7 @@ __all__ = [
     "ImageReadError",
     "Sample",
     "SegmentationDataset",
+    "SkipUnreadable",
     "list_images",
     "pair_samples",
     "read_image",

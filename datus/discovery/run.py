@@ -1,0 +1,97 @@
+"""Run scene decomposition over a dataset split: resumable, atomic, with a summary and pictures."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from datus.backbones import Backbone
+from datus.data import SkipUnreadable
+from datus.discovery.decompose import SceneDecomposer
+from datus.discovery.module import DiscoveryModule, SegmentWriter, collate_items, summarize
+from datus.discovery.store import SegmentStore
+from datus.io import write_json
+
+log = logging.getLogger(__name__)
+
+
+class RunConflictError(RuntimeError):
+    """The output folder holds results of different settings (rerun with overwrite=true)."""
+
+
+def _check_settings(folder: Path, settings: dict[str, Any], overwrite: bool) -> None:
+    path = folder / "config.json"
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if previous != settings:
+            if not overwrite:
+                changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+                raise RunConflictError(
+                    f"{folder} holds segments made with other settings (changed: {', '.join(changed)}); "
+                    "choose another output dir or pass overwrite=true to replace them"
+                )
+            log.warning("overwrite=true: removing segments of other settings in %s", folder)
+            shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(path, settings)
+
+
+def run_discovery(
+    backbone: Backbone,
+    decomposer: SceneDecomposer,
+    dataset: Dataset,
+    trainer: pl.Trainer,
+    out_dir: str | Path,
+    settings: dict[str, Any] | None = None,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    shard_size: int = 256,
+    num_pictures: int = 8,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Decompose every image of ``dataset`` into ``out_dir/segments`` and write ``summary.json``.
+
+    Images already in a finished shard are skipped, so rerunning after a crash (same settings)
+    finishes the job; ``settings`` (what produced the segments) guard against mixing runs.
+    Unreadable images are skipped and listed by name in the summary.
+    """
+    out_dir = Path(out_dir)
+    store = SegmentStore(out_dir / "segments")
+    _check_settings(store.folder, settings or {}, overwrite)
+    done = store.done_indices()
+    todo = [i for i in range(len(dataset)) if i not in done]
+    if done:
+        log.info("resuming: %d of %d images already decomposed", len(done), len(dataset))
+    start = time.perf_counter()
+    if todo:
+        writer = SegmentWriter(store, shard_size, pictures=set(range(min(num_pictures, len(dataset)))),
+                               picture_dir=out_dir / "pictures")
+        trainer.callbacks.append(writer)
+        loader = DataLoader(
+            Subset(SkipUnreadable(dataset, min_size=backbone.patch_size), todo),
+            batch_size=batch_size, num_workers=num_workers, collate_fn=collate_items,
+            persistent_workers=False,
+        )
+        trainer.predict(DiscoveryModule(backbone, decomposer), dataloaders=loader, return_predictions=False)
+    summary = summarize(store)
+    summary.update({
+        "backbone": backbone.name,
+        "weights": getattr(backbone, "weights_source", None),
+        "dataset_size": len(dataset),
+        "computed_this_run": len(todo),
+        "seconds_this_run": time.perf_counter() - start,
+        "segments_dir": str(store.folder),
+        "pictures_dir": str(out_dir / "pictures"),
+    })
+    if trainer.is_global_zero:
+        write_json(out_dir / "summary.json", summary)
+    for entry in summary["skipped"]:
+        log.warning("skipped %s: %s", entry["stem"], entry["error"])
+    return summary
