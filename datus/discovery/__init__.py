@@ -1,6 +1,6 @@
 """Scene decomposition (DatUS² steps 1-3): patch features -> affinity graph -> Louvain -> segments."""
 
-from datus.discovery.affinity import AFFINITY_KINDS, DEBIAS_CHOICES, Affinity, density
+from datus.discovery.affinity import AFFINITY_KINDS, DEBIAS_CHOICES, Affinity, PatchGraph, density
 from datus.discovery.community import Louvain, list_community_backends, modularity, register_community_backend
 from datus.discovery.decompose import Decomposition, SceneDecomposer, segment_means
 from datus.discovery.module import DiscoveryModule, SegmentWriter
@@ -16,6 +16,7 @@ __all__ = [
     "DiscoveryModule",
     "ImageSegments",
     "Louvain",
+    "PatchGraph",
     "RunConflictError",
     "SceneDecomposer",
     "SegmentStore",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -61,8 +62,7 @@ class Affinity:
             x = torch.nn.functional.normalize(x, dim=1)
         return x
 
-    def __call__(self, features: Tensor, key_bias: Tensor | None = None) -> Tensor:
-        """The ``(N, N)`` float32 adjacency of ``(N, D)`` features (same device)."""
+    def _weights(self, features: Tensor, key_bias: Tensor | None) -> Tensor:
         x = self.prepare(features, key_bias)
         if self.kind == "binary":
             adjacency = (x @ x.T > 0).float()
@@ -72,12 +72,59 @@ class Affinity:
         adjacency.fill_diagonal_(0)
         if self.threshold is not None:
             adjacency = torch.where(adjacency >= self.threshold, adjacency, torch.zeros_like(adjacency))
-        if self.knn is not None and self.knn < adjacency.shape[0] - 1:
+        return adjacency
+
+    def _use_knn(self, n: int) -> bool:
+        return self.knn is not None and self.knn < n - 1
+
+    def __call__(self, features: Tensor, key_bias: Tensor | None = None) -> Tensor:
+        """The dense ``(N, N)`` float32 adjacency of ``(N, D)`` features (same device)."""
+        adjacency = self._weights(features, key_bias)
+        if self._use_knn(adjacency.shape[0]):
             top = adjacency.topk(self.knn, dim=1).indices
             keep = torch.zeros_like(adjacency, dtype=torch.bool).scatter_(1, top, True)
             keep = keep | keep.T
             adjacency = torch.where(keep, adjacency, torch.zeros_like(adjacency))
         return adjacency
+
+    def graph(self, features: Tensor, key_bias: Tensor | None = None) -> PatchGraph:
+        """The same graph as an edge list; k-NN graphs skip the dense ``N x N`` scan."""
+        adjacency = self._weights(features, key_bias)
+        n = adjacency.shape[0]
+        if not self._use_knn(n):
+            return PatchGraph.from_dense(adjacency)
+        values, top = adjacency.topk(self.knn, dim=1)
+        rows = torch.arange(n, device=top.device).repeat_interleave(self.knn)
+        cols, values = top.reshape(-1), values.reshape(-1)
+        nonzero = values > 0
+        lo = torch.minimum(rows, cols)[nonzero]
+        hi = torch.maximum(rows, cols)[nonzero]
+        keys = torch.unique(lo * n + hi)  # union of both directions, sorted
+        lo, hi = keys // n, keys % n
+        weights = adjacency[lo, hi]
+        return PatchGraph(n, torch.stack([lo, hi], 1).cpu().numpy(), weights.double().cpu().numpy())
+
+
+@dataclass
+class PatchGraph:
+    """An undirected weighted graph as an edge list: ``edges`` ``(E, 2)`` with i < j, ``weights`` ``(E,)``."""
+
+    num_nodes: int
+    edges: np.ndarray
+    weights: np.ndarray
+
+    @classmethod
+    def from_dense(cls, adjacency: Tensor | np.ndarray) -> "PatchGraph":
+        a = torch.as_tensor(adjacency)
+        edges = torch.nonzero(torch.triu(a, diagonal=1))
+        weights = a[edges[:, 0], edges[:, 1]]
+        return cls(a.shape[0], edges.cpu().numpy(), weights.double().cpu().numpy())
+
+    def dense(self) -> np.ndarray:
+        """The symmetric ``(N, N)`` adjacency (for tests and modularity)."""
+        a = np.zeros((self.num_nodes, self.num_nodes))
+        a[self.edges[:, 0], self.edges[:, 1]] = self.weights
+        return a + a.T
 
 
 def density(adjacency: Tensor) -> float:

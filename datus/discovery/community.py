@@ -14,12 +14,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-Backend = Callable[[np.ndarray, float, int], np.ndarray]
+from datus.discovery.affinity import PatchGraph
+
+Backend = Callable[[PatchGraph, float, int], np.ndarray]
 _BACKENDS: dict[str, Backend] = {}
 
 
 def register_community_backend(name: str) -> Callable[[Backend], Backend]:
-    """Decorator: make ``fn(adjacency, resolution, seed) -> labels`` available as ``backend=name``."""
+    """Decorator: make ``fn(graph, resolution, seed) -> labels`` available as ``backend=name``."""
 
     def add(fn: Backend) -> Backend:
         _BACKENDS[name] = fn
@@ -32,26 +34,19 @@ def list_community_backends() -> list[str]:
     return sorted(_BACKENDS)
 
 
-def _edges(adjacency: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Upper-triangle edge list ``(E, 2)`` and weights ``(E,)`` of a symmetric adjacency."""
-    rows, cols = np.nonzero(np.triu(adjacency, k=1))
-    return np.stack([rows, cols], axis=1), adjacency[rows, cols].astype(np.float64)
-
-
-def _igraph(adjacency: np.ndarray):
+def _igraph(patch_graph: PatchGraph):
     import igraph
 
-    edges, weights = _edges(adjacency)
-    graph = igraph.Graph(n=adjacency.shape[0], edges=edges.tolist(), directed=False)
-    graph.es["weight"] = weights.tolist()
+    graph = igraph.Graph(n=patch_graph.num_nodes, edges=patch_graph.edges.tolist(), directed=False)
+    graph.es["weight"] = patch_graph.weights.tolist()
     return graph
 
 
 @register_community_backend("igraph")
-def _igraph_multilevel(adjacency: np.ndarray, resolution: float, seed: int) -> np.ndarray:
+def _igraph_multilevel(patch_graph: PatchGraph, resolution: float, seed: int) -> np.ndarray:
     import igraph
 
-    graph = _igraph(adjacency)
+    graph = _igraph(patch_graph)
     igraph.set_random_number_generator(random.Random(seed))
     try:
         parts = graph.community_multilevel(weights="weight", resolution=resolution)
@@ -61,10 +56,10 @@ def _igraph_multilevel(adjacency: np.ndarray, resolution: float, seed: int) -> n
 
 
 @register_community_backend("leiden")
-def _igraph_leiden(adjacency: np.ndarray, resolution: float, seed: int) -> np.ndarray:
+def _igraph_leiden(patch_graph: PatchGraph, resolution: float, seed: int) -> np.ndarray:
     import igraph
 
-    graph = _igraph(adjacency)
+    graph = _igraph(patch_graph)
     igraph.set_random_number_generator(random.Random(seed))
     try:
         parts = graph.community_leiden(
@@ -76,15 +71,19 @@ def _igraph_leiden(adjacency: np.ndarray, resolution: float, seed: int) -> np.nd
 
 
 @register_community_backend("python-louvain")
-def _python_louvain(adjacency: np.ndarray, resolution: float, seed: int) -> np.ndarray:
+def _python_louvain(patch_graph: PatchGraph, resolution: float, seed: int) -> np.ndarray:
     import networkx as nx
     from community import community_louvain
 
-    graph = nx.from_numpy_array(adjacency)
+    graph = nx.Graph()
+    graph.add_nodes_from(range(patch_graph.num_nodes))
+    graph.add_weighted_edges_from(
+        zip(patch_graph.edges[:, 0].tolist(), patch_graph.edges[:, 1].tolist(), patch_graph.weights.tolist())
+    )
     partition = community_louvain.best_partition(
         graph, weight="weight", resolution=resolution, random_state=seed
     )
-    return np.array([partition[i] for i in range(adjacency.shape[0])])
+    return np.array([partition[i] for i in range(patch_graph.num_nodes)])
 
 
 def relabel_in_order(labels: np.ndarray) -> np.ndarray:
@@ -94,16 +93,19 @@ def relabel_in_order(labels: np.ndarray) -> np.ndarray:
     return order[inverse].astype(np.int32)
 
 
-def modularity(adjacency: np.ndarray, labels: np.ndarray, resolution: float = 1.0) -> float:
-    """Newman modularity of a partition of a weighted undirected graph (vectorised)."""
-    two_m = adjacency.sum()
+def modularity(graph: PatchGraph | np.ndarray, labels: np.ndarray, resolution: float = 1.0) -> float:
+    """Newman modularity of a partition of a weighted undirected graph (vectorised, O(E))."""
+    if not isinstance(graph, PatchGraph):
+        graph = PatchGraph.from_dense(np.asarray(graph, dtype=np.float64))
+    labels = np.asarray(labels).ravel()
+    two_m = 2.0 * graph.weights.sum()
     if two_m == 0:
         return 0.0
-    onehot = np.zeros((labels.size, labels.max() + 1))
-    onehot[np.arange(labels.size), labels] = 1.0
-    inside = np.einsum("ic,ij,jc->", onehot, adjacency, onehot)
-    degree_per_community = onehot.T @ adjacency.sum(axis=1)
-    return float(inside / two_m - resolution * ((degree_per_community / two_m) ** 2).sum())
+    i, j = graph.edges[:, 0], graph.edges[:, 1]
+    inside = 2.0 * graph.weights[labels[i] == labels[j]].sum()
+    degree = np.bincount(i, graph.weights, graph.num_nodes) + np.bincount(j, graph.weights, graph.num_nodes)
+    per_community = np.bincount(labels, degree)
+    return float(inside / two_m - resolution * ((per_community / two_m) ** 2).sum())
 
 
 @dataclass
@@ -122,10 +124,11 @@ class Louvain:
         if self.resolution <= 0:
             raise ValueError(f"graph.louvain.resolution={self.resolution} must be > 0")
 
-    def __call__(self, adjacency: np.ndarray) -> np.ndarray:
+    def __call__(self, graph: PatchGraph | np.ndarray) -> np.ndarray:
         """Community label per node, ``(N,)`` int32 in 0..C-1. Isolated nodes are singletons."""
-        adjacency = np.asarray(adjacency, dtype=np.float64)
-        if not adjacency.any():
-            return np.arange(adjacency.shape[0], dtype=np.int32)
-        labels = _BACKENDS[self.backend](adjacency, float(self.resolution), int(self.seed))
+        if not isinstance(graph, PatchGraph):
+            graph = PatchGraph.from_dense(np.asarray(graph))
+        if graph.weights.size == 0:
+            return np.arange(graph.num_nodes, dtype=np.int32)
+        labels = _BACKENDS[self.backend](graph, float(self.resolution), int(self.seed))
         return relabel_in_order(labels)

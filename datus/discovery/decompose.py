@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from datus.backbones import PATCH_FEATURES
-from datus.discovery.affinity import Affinity
+from datus.discovery.affinity import Affinity, PatchGraph
 from datus.discovery.community import Louvain
 from datus.discovery.regions import connected_regions, valid_regions
 
@@ -76,9 +76,9 @@ class SceneDecomposer:
         self.min_patches, self.connectivity = int(min_patches), int(connectivity)
         self.segment_feature = segment_feature
 
-    def graph(self, features: Tensor, key_bias: Tensor | None = None) -> Tensor:
-        """The ``(N, N)`` adjacency of one image's ``(N, D)`` graph features."""
-        return self.affinity(features, key_bias)
+    def graph(self, features: Tensor, key_bias: Tensor | None = None) -> PatchGraph:
+        """The patch graph of one image's ``(N, D)`` graph features."""
+        return self.affinity.graph(features, key_bias)
 
     def __call__(
         self,
@@ -89,9 +89,9 @@ class SceneDecomposer:
     ) -> Decomposition:
         """Decompose one image given its ``(N, D)`` graph features on an ``(h, w)`` grid."""
         t0 = time.perf_counter()
-        adjacency = self.graph(features, key_bias).cpu().numpy()
+        graph = self.graph(features, key_bias)
         t1 = time.perf_counter()
-        communities = self.louvain(adjacency).reshape(grid)
+        communities = self.louvain(graph).reshape(grid)
         t2 = time.perf_counter()
         segments, owners = connected_regions(communities, self.connectivity)
         valid = valid_regions(segments, self.min_patches)

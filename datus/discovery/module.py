@@ -111,6 +111,10 @@ class SegmentWriter(BasePredictionWriter):
     def on_predict_epoch_end(self, trainer, pl_module) -> None:
         self.flush(trainer.global_rank)
 
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        # Every buffered record is complete: keep them, so a rerun resumes after them.
+        self.flush(trainer.global_rank)
+
 
 def read_skipped(folder: Path) -> list[dict]:
     """Skipped images recorded by every rank, deduplicated by index (latest wins)."""
