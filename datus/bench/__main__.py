@@ -1,0 +1,51 @@
+"""``python -m datus.bench discovery [--images N] [--out FILE] [overrides of conf/discover.yaml]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from datus.io import write_json
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def _compose(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        return compose("discover", overrides=["hydra.run.dir=.", *overrides])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m datus.bench", description=__doc__)
+    sub = parser.add_subparsers(dest="bench", required=True)
+    disc = sub.add_parser("discovery", help="backbone vs discovery throughput, Louvain backends, memory")
+    disc.add_argument("--images", type=int, default=50, help="first N images of the split")
+    disc.add_argument("--reference-images", type=int, default=10, help="images for slow python-louvain")
+    disc.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON here")
+    disc.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. dataset=camvid dataset.root=DIR")
+    args = parser.parse_args(argv)
+
+    from hydra.utils import instantiate
+
+    from datus.bench.discovery import bench_discovery, format_report
+
+    cfg = _compose(args.overrides)
+    decomposer = instantiate(cfg.graph)
+    dataset = instantiate(cfg.dataset, transform=instantiate(cfg.resize))
+    backbone = instantiate(cfg.backbone)
+    result = bench_discovery(backbone, decomposer, dataset, images=args.images, batch_size=cfg.batch_size,
+                             num_workers=cfg.num_workers, reference_images=args.reference_images)
+    result["overrides"] = args.overrides
+    print(format_report(result))
+    if args.out:
+        write_json(args.out, result)
+        print(f"written: {args.out}")
+    else:
+        print(json.dumps({k: v for k, v in result.items() if k != "backends"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
