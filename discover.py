@@ -1,4 +1,4 @@
-"""Entry point: scene decomposition of a dataset split (python discover.py --help)."""
+"""Entry point: the DatUS² pipeline on a dataset split (python discover.py --help)."""
 
 import logging
 from pathlib import Path
@@ -7,7 +7,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from datus.discovery import run_discovery
+from datus.pipeline import run_pipeline
 from datus.utils import instantiate_loggers, seed_everything
 
 log = logging.getLogger("datus")
@@ -21,26 +21,33 @@ def main(cfg: DictConfig) -> float | None:
     seed_everything(cfg.seed)
     out_dir = Path(cfg.paths.output_dir)
     # Build the cheap, validating objects first: a bad config fails before the backbone loads.
-    decomposer = instantiate(cfg.graph)
+    decomposer = instantiate(cfg.graph) if cfg.method == "datus" else None
+    kmeans = instantiate(cfg.labeling.kmeans)
     resize = instantiate(cfg.resize)
     dataset = instantiate(cfg.dataset, transform=resize)
     backbone = instantiate(cfg.backbone)
-    trainer = instantiate(cfg.trainer, logger=instantiate_loggers(cfg.logger) or False)
-    log.info("%s on %r -> %s", backbone.name, dataset, out_dir)
-    settings = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in SETTINGS_KEYS}
-    summary = run_discovery(
-        backbone, decomposer, dataset, trainer, out_dir, settings=settings,
+    extractor = instantiate(cfg.labeling.extractor) if cfg.labeling.extractor else None
+    loggers = instantiate_loggers(cfg.logger)
+    log.info("%s, %s on %r -> %s", cfg.method, backbone.name, dataset, out_dir)
+    summary = run_pipeline(
+        backbone=backbone, dataset=dataset, out_dir=out_dir, kmeans=kmeans, decomposer=decomposer,
+        make_trainer=lambda: instantiate(cfg.trainer, logger=False),
+        method=cfg.method, stage=cfg.stage, segment_features=cfg.labeling.features, extractor=extractor,
+        crop_size=cfg.labeling.crop.size, crop_background=cfg.labeling.crop.background,
+        fill=cfg.labeling.fill, evaluate=cfg.evaluate, protocol=cfg.protocol,
+        settings={key: OmegaConf.to_container(cfg[key], resolve=True) for key in SETTINGS_KEYS},
         batch_size=cfg.batch_size, num_workers=cfg.num_workers, shard_size=cfg.shard_size,
         num_pictures=cfg.num_pictures, overwrite=cfg.overwrite,
     )
-    per_image = summary["per_image"]
-    log.info(
-        "%d images: %.1f communities, %.1f valid of %.1f segments per image; %d skipped",
-        summary["images"], per_image["communities"], per_image["valid_segments"],
-        per_image["segments"], len(summary["skipped"]),
-    )
-    log.info("pictures: %s  summary: %s", summary["pictures_dir"], out_dir / "summary.json")
-    return None
+    metrics = summary.get("metrics")
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        if metrics:
+            logger.log_metrics({f"pseudo_masks/{k}": v for k, v in metrics.items()})
+        logger.save()
+    log.info("outputs: %s (pseudo_masks/, pseudo_masks_color/, pictures/, summary.json%s)",
+             out_dir, ", metrics.json" if metrics else "")
+    return metrics["miou"] if metrics else None
 
 
 if __name__ == "__main__":

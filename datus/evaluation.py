@@ -1,0 +1,182 @@
+"""Evaluate pseudo masks (PNG folders) against a dataset's ground truth, with pictures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from datus.data import SegmentationDataset
+from datus.metrics import UNLABELLED, ClusterConfusion
+
+
+class EvaluationError(ValueError):
+    """Masks and ground truth do not fit together (missing masks, wrong sizes, ...)."""
+
+
+def _read_png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        if image.mode not in ("L", "P"):
+            raise EvaluationError(f"{path}: a pseudo mask must be a single-channel uint8 PNG, not {image.mode}")
+        return np.asarray(image, dtype=np.uint8)
+
+
+def evaluate_masks(
+    dataset: SegmentationDataset,
+    masks_dir: str | Path,
+    num_clusters: int | None = None,
+    protocol: str = "honest",
+    allow_missing: bool = False,
+    num_samples: int = 6,
+) -> tuple[dict[str, Any], list[dict[str, np.ndarray]]]:
+    """Score ``masks_dir/<stem>.png`` for every image of ``dataset``; returns (metrics, samples).
+
+    A mask whose size differs from its ground truth is an error (never silently resized).
+    Missing masks are an error naming them, unless ``allow_missing`` (then all-unlabelled).
+    ``num_clusters`` defaults to the largest label found + 1.
+    """
+    masks_dir = Path(masks_dir)
+    if not dataset.has_masks:
+        raise EvaluationError(f"{dataset!r} has no ground truth to evaluate against")
+    if not masks_dir.is_dir():
+        raise EvaluationError(f"masks={masks_dir}: no such folder")
+    paths = {s.stem: masks_dir / f"{s.stem}.png" for s in dataset.samples}
+    missing = [stem for stem, p in paths.items() if not p.is_file()]
+    if missing and not allow_missing:
+        raise EvaluationError(
+            f"{len(missing)} of {len(paths)} images have no mask in {masks_dir} "
+            f"(e.g. {', '.join(missing[:5])}); pass allow_missing=true to count them as unlabelled"
+        )
+    if num_clusters is None:
+        found = 0
+        for stem, path in paths.items():
+            if stem not in missing:
+                labels = np.unique(_read_png(path))
+                labels = labels[labels != UNLABELLED]
+                found = max(found, int(labels.max()) + 1 if labels.size else 0)
+        num_clusters = max(found, 2)
+    metric = ClusterConfusion(num_clusters, list(dataset.classes), protocol=protocol)
+    samples: list[dict[str, np.ndarray]] = []
+    for i, sample in enumerate(dataset.samples):
+        truth = dataset.read_mask(sample)
+        if sample.stem in missing:
+            pred = np.full(truth.shape, UNLABELLED, dtype=np.uint8)
+        else:
+            pred = _read_png(paths[sample.stem])
+            if pred.shape != truth.shape:
+                raise EvaluationError(
+                    f"mask {paths[sample.stem]} is {pred.shape[1]}x{pred.shape[0]} but the ground truth of "
+                    f"{sample.stem} is {truth.shape[1]}x{truth.shape[0]} (width x height); masks are never resized"
+                )
+            bad = (pred >= num_clusters) & (pred != UNLABELLED)
+            if bad.any():
+                raise EvaluationError(f"mask {paths[sample.stem]} has labels >= k={num_clusters}")
+        metric.update(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(truth))
+        if i < num_samples:
+            from datus.data import read_image
+
+            samples.append({"stem": sample.stem, "image": read_image(sample.image), "truth": truth, "pred": pred})
+    result = metric.compute()
+    result["images"] = len(paths)
+    result["missing_masks"] = missing
+    return result, samples
+
+
+def class_palette(num_classes: int) -> np.ndarray:
+    """Colours for classes (shared by ground truth and matched predictions); 255 black."""
+    from datus.labeling.masks import palette
+
+    return palette(num_classes)
+
+
+def map_clusters(pred: np.ndarray, result: dict[str, Any], class_names: list[str]) -> np.ndarray:
+    """Replace cluster ids by their Hungarian-matched class ids (unmatched/unlabelled -> 255)."""
+    lut = np.full(256, UNLABELLED, dtype=np.uint8)
+    index = {name: i for i, name in enumerate(class_names)}
+    for cluster, name in result["matching"]["cluster_to_class"].items():
+        if name is not None:
+            lut[int(cluster)] = index[name]
+    return lut[pred]
+
+
+def confusion_figure(result: dict[str, Any], class_names: list[str]):
+    """Row-normalised (per ground-truth class) matched confusion matrix with class names."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    matched = np.array(result["matched_confusion"], dtype=np.float64)  # (C+1 predicted, C truth)
+    norm = matched.T / np.maximum(matched.sum(axis=0)[:, None], 1)  # rows: truth
+    c = len(class_names)
+    fig, ax = plt.subplots(figsize=(0.55 * c + 2.5, 0.5 * c + 1.8))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(c + 1), [*class_names, "wrong /\nunlabelled"], rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(c), class_names, fontsize=8)
+    ax.set_xlabel("prediction (after Hungarian matching)")
+    ax.set_ylabel("ground truth")
+    for i in range(c):
+        for j in range(c + 1):
+            if norm[i, j] >= 0.01:
+                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_title(f"mIoU {100 * result['miou']:.1f}  pixel acc. {100 * result['pixel_accuracy']:.1f}", fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    return fig
+
+
+def samples_figure(samples: list[dict[str, np.ndarray]], result: dict[str, Any], class_names: list[str]):
+    """Grid: image | ground truth | prediction after matching, in one class palette."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    colors = class_palette(len(class_names))
+    rows = max(len(samples), 1)
+    fig, axes = plt.subplots(rows, 3, figsize=(10, 2.6 * rows), squeeze=False)
+    for r, s in enumerate(samples):
+        for ax, picture, title in zip(
+            axes[r],
+            (s["image"], colors[s["truth"].clip(0, 255).astype(np.uint8)],
+             colors[map_clusters(s["pred"], result, class_names)]),
+            (s["stem"], "ground truth", "prediction (matched)"),
+        ):
+            ax.imshow(picture)
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The per-class table printed at the end of an evaluation."""
+    lines = [f"{'class':<16}{'IoU':>8}{'prec.':>8}{'recall':>8}"]
+    for name, iou in result["per_class_iou"].items():
+        p, r = result["per_class_precision"][name], result["per_class_recall"][name]
+        fmt = lambda v: "   -   " if v is None else f"{100 * v:7.1f}"  # noqa: E731
+        lines.append(f"{name:<16}{fmt(iou):>8}{fmt(p):>8}{fmt(r):>8}")
+    lines.append(f"{'mIoU':<16}{100 * result['miou']:8.1f}   pixel acc. {100 * result['pixel_accuracy']:.1f}"
+                 f"   mean F1 {100 * result['mean_f1']:.1f}   coverage {100 * result['coverage']:.1f}")
+    if "majority" in result:
+        lines.append(f"majority (many-to-one) mIoU {100 * result['majority']['miou']:.1f}")
+    if "paper" in result:
+        lines.append(f"paper protocol (unlabelled dropped; not comparable): mIoU {100 * result['paper']['miou']:.1f}"
+                     f"  pixel acc. {100 * result['paper']['pixel_accuracy']:.1f}")
+    return "\n".join(lines)
+
+
+def write_report(out_dir: str | Path, result: dict[str, Any], samples, class_names: list[str]) -> None:
+    """``metrics.json``, ``confusion_matrix.png`` and ``samples.png`` under ``out_dir``."""
+    from datus.io import save_figure, write_json
+
+    out_dir = Path(out_dir)
+    write_json(out_dir / "metrics.json", result)
+    save_figure(out_dir / "confusion_matrix.png", confusion_figure(result, class_names))
+    if samples:
+        save_figure(out_dir / "samples.png", samples_figure(samples, result, class_names))

@@ -1,0 +1,123 @@
+"""k-means with faiss (GPU when available): seeded, restarts, every point used, reusable centroids."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+
+from datus.io import atomic_write
+
+
+class KMeans:
+    """k-means over ``(n, d)`` features, optionally after PCA (and whitening).
+
+    faiss subsamples to ``max_points_per_centroid * k`` points by default (256 * k); here
+    ``max_points_per_centroid=None`` means every point is used. ``nredo`` restarts keep the
+    best objective (faiss has no k-means++). ``spherical`` renormalises centroids (cosine
+    k-means on L2-normalised features). Fitted centroids label new features with
+    :meth:`predict`, so new images need no re-clustering.
+    """
+
+    def __init__(
+        self,
+        k: int,
+        niter: int = 50,
+        nredo: int = 3,
+        seed: int = 0,
+        spherical: bool = True,
+        pca_dim: int | None = None,
+        whiten: bool = False,
+        max_points_per_centroid: int | None = None,
+        gpu: bool | str = "auto",
+    ) -> None:
+        if int(k) < 2:
+            raise ValueError(f"labeling.k={k} must be >= 2")
+        self.k, self.niter, self.nredo, self.seed = int(k), int(niter), int(nredo), int(seed)
+        self.spherical, self.pca_dim, self.whiten = bool(spherical), pca_dim, bool(whiten)
+        self.max_points_per_centroid = max_points_per_centroid
+        self.gpu = gpu
+        self.centroids: np.ndarray | None = None
+        self.mean: np.ndarray | None = None
+        self.projection: np.ndarray | None = None
+        self.objective: float | None = None
+        self.points_used: int | None = None
+
+    def _use_gpu(self) -> bool:
+        import faiss
+
+        if self.gpu == "auto":
+            return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+        return bool(self.gpu)
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """Centre/project/whiten as fitted, then L2-normalise if spherical."""
+        x = np.asarray(x, dtype=np.float32)
+        if self.projection is not None:
+            x = (x - self.mean) @ self.projection
+        if self.spherical:
+            x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def _fit_pca(self, x: np.ndarray) -> None:
+        if self.pca_dim is None and not self.whiten:
+            return
+        self.mean = x.mean(axis=0)
+        _, s, vt = np.linalg.svd(x - self.mean, full_matrices=False)
+        dim = min(self.pca_dim or x.shape[1], vt.shape[0])
+        proj = vt[:dim].T
+        if self.whiten:
+            proj = proj / np.maximum(s[:dim] / math.sqrt(max(len(x) - 1, 1)), 1e-6)
+        self.projection = proj.astype(np.float32)
+
+    def fit(self, features: np.ndarray) -> "KMeans":
+        """Cluster ``features``; needs at least ``k`` points."""
+        import faiss
+
+        x = np.asarray(features, dtype=np.float32)
+        if x.ndim != 2 or len(x) < self.k:
+            raise ValueError(f"k-means with labeling.k={self.k} needs at least {self.k} points, got {len(x)}")
+        self._fit_pca(x)
+        x = self.transform(x)
+        per_centroid = self.max_points_per_centroid or math.ceil(len(x) / self.k) + 1
+        km = faiss.Kmeans(
+            x.shape[1], self.k, niter=self.niter, nredo=self.nredo, seed=self.seed,
+            spherical=self.spherical, max_points_per_centroid=per_centroid,
+            gpu=self._use_gpu(), verbose=False,
+        )
+        km.train(x)
+        self.centroids = np.asarray(km.centroids, dtype=np.float32)
+        self.objective = float(km.obj[-1]) if len(km.obj) else None
+        self.points_used = min(len(x), per_centroid * self.k)
+        return self
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Nearest centroid of each feature, ``(n,)`` int64 (inner product if spherical)."""
+        if self.centroids is None:
+            raise RuntimeError("KMeans.predict before fit/load")
+        x = self.transform(features)
+        if self.spherical:
+            scores = x @ self.centroids.T
+            return scores.argmax(axis=1).astype(np.int64)
+        d = (x**2).sum(1, keepdims=True) - 2 * x @ self.centroids.T + (self.centroids**2).sum(1)
+        return d.argmin(axis=1).astype(np.int64)
+
+    def save(self, path: str | Path) -> Path:
+        """Save centroids and preprocessing as ``.npz`` (no pickle)."""
+        arrays = {"centroids": self.centroids, "spherical": np.array(self.spherical)}
+        if self.projection is not None:
+            arrays.update(mean=self.mean, projection=self.projection)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        return atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "KMeans":
+        with np.load(path, allow_pickle=False) as z:
+            km = cls(k=max(2, len(z["centroids"])), spherical=bool(z["spherical"]))
+            km.centroids = z["centroids"]
+            if "projection" in z.files:
+                km.mean, km.projection = z["mean"], z["projection"]
+        return km

@@ -1,0 +1,70 @@
+"""Pseudo masks: each patch takes its segment's cluster; nearest-neighbour upsampling, never linear."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from datus.io import atomic_write
+
+UNLABELLED = 255
+
+
+def upsample_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an ``(h, w)`` label map to ``size`` (pixel centres)."""
+    h, w = labels.shape
+    rows = np.minimum(((np.arange(size[0]) + 0.5) * h / size[0]).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(size[1]) + 0.5) * w / size[1]).astype(np.int64), w - 1)
+    return labels[rows][:, cols]
+
+
+def patch_labels(segments: np.ndarray, segment_labels: np.ndarray) -> np.ndarray:
+    """``(h, w)`` uint8 cluster per patch from per-segment labels (negative -> 255 unlabelled)."""
+    labels = np.asarray(segment_labels)[segments]
+    return np.where(labels < 0, UNLABELLED, labels).astype(np.uint8)
+
+
+def palette(k: int) -> np.ndarray:
+    """A fixed ``(256, 3)`` palette: clusters 0..k-1 distinct colours, 255 (unlabelled) black."""
+    from datus.discovery.pictures import label_colors
+
+    colors = np.zeros((256, 3), dtype=np.uint8)
+    colors[:k] = label_colors(k)
+    colors[UNLABELLED] = 0
+    return colors
+
+
+def save_mask(path: Path, mask: np.ndarray) -> None:
+    """uint8 single-channel PNG, written atomically."""
+    from PIL import Image
+
+    image = Image.fromarray(mask.astype(np.uint8), mode="L")
+    atomic_write(path, lambda f: image.save(f, format="PNG"))
+
+
+def save_color_mask(path: Path, mask: np.ndarray, colors: np.ndarray) -> None:
+    """Palette PNG: its indices are exactly the label mask, its colours the fixed palette."""
+    from PIL import Image
+
+    image = Image.fromarray(mask.astype(np.uint8), mode="P")
+    image.putpalette(colors.reshape(-1).tolist())
+    atomic_write(path, lambda f: image.save(f, format="PNG"))
+
+
+def save_legend(path: Path, k: int, colors: np.ndarray, names: list[str] | None = None) -> None:
+    """A small picture naming each cluster's colour (and 255 = unlabelled)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    from datus.io import save_figure
+
+    labels = names or [f"cluster {i}" for i in range(k)]
+    handles = [Patch(color=colors[i] / 255, label=labels[i]) for i in range(k)]
+    handles.append(Patch(facecolor="black", edgecolor="grey", label="255 unlabelled"))
+    fig = plt.figure(figsize=(2.6, 0.3 * len(handles) + 0.4))
+    fig.legend(handles=handles, loc="center", frameon=False)
+    save_figure(path, fig)

@@ -1,0 +1,168 @@
+"""Pseudo-labelling: crops, k-means, pseudo masks on real images; the baseline; determinism."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+
+from datus.backbones import build_backbone
+from datus.data import CamVid, DemoImages
+from datus.discovery import Affinity, Louvain, SceneDecomposer, SegmentStore
+from datus.labeling import KMeans, segment_crops, upsample_labels
+from datus.pipeline import run_pipeline
+from datus.transforms import ResizeForBackbone
+
+
+def _trainer():
+    return pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False)
+
+
+def _pipeline(out, dataset=None, backbone=None, k=4, **kw):
+    torch.manual_seed(0)
+    backbone = backbone or build_backbone("tiny_vit")
+    dataset = dataset or DemoImages(transform=ResizeForBackbone(64, backbone.patch_size))
+    decomposer = SceneDecomposer(Affinity(kind="cosine", debias="center", knn=8), Louvain("igraph"), min_patches=2)
+    return run_pipeline(backbone=backbone, dataset=dataset, make_trainer=_trainer, out_dir=out,
+                        kmeans=KMeans(k, seed=0), decomposer=decomposer, batch_size=2, **kw)
+
+
+def _masks(folder):
+    return {p.stem: np.asarray(Image.open(p)) for p in sorted((folder / "pseudo_masks").glob("*.png"))}
+
+
+@pytest.mark.parametrize("features,fill", [("mean", True), ("mean", False), ("crop", False)])
+def test_pseudo_masks_have_the_original_size_and_valid_labels(tmp_path, features, fill):
+    summary = _pipeline(tmp_path, segment_features=features, fill=fill)
+    data = DemoImages()
+    masks = _masks(tmp_path)
+    assert sorted(masks) == sorted(s.stem for s in data.samples)
+    for i, sample in enumerate(data.samples):
+        mask = masks[sample.stem]
+        assert mask.dtype == np.uint8 and mask.shape == tuple(data[i]["image"].shape[-2:])
+        values = set(np.unique(mask).tolist())
+        assert values <= set(range(4)) | {255}
+        colour = Image.open(tmp_path / "pseudo_masks_color" / f"{sample.stem}.png")
+        assert colour.mode == "P" and np.array_equal(np.asarray(colour), mask)  # palette image = label image
+    assert (tmp_path / "pseudo_masks_color" / "legend.png").is_file()
+    labelling = summary["labeling"]
+    assert labelling["segment_features"] == features and labelling["k"] == 4
+    assert sum(labelling["cluster_pixels"]) > 0
+    if fill:
+        assert labelling["coverage"] == 1.0 and labelling["coverage_without_fill"] < 1.0
+    else:
+        assert labelling["coverage"] < 1.0
+    assert json.loads((tmp_path / "summary.json").read_text())["labeling"]["k"] == 4
+
+
+def test_labels_are_deterministic_for_a_fixed_seed(tmp_path):
+    _pipeline(tmp_path / "a")
+    _pipeline(tmp_path / "b")
+    a, b = _masks(tmp_path / "a"), _masks(tmp_path / "b")
+    assert a.keys() == b.keys() and all(np.array_equal(a[s], b[s]) for s in a)
+
+
+def test_saved_centroids_relabel_an_image_to_its_label(tmp_path):
+    _pipeline(tmp_path, fill=False)
+    km = KMeans.load(tmp_path / "labeling" / "centroids.npz")
+    with np.load(tmp_path / "labeling" / "assignments.npz") as z:
+        offsets, labels, stems = z["segment_offsets"], z["labels"], z["stems"]
+    records = {r.stem: r for r in SegmentStore(tmp_path / "segments")}
+    for i, stem in enumerate(stems):
+        dec = records[str(stem)].decomposition
+        again = km.predict(dec.segment_features.astype(np.float32))
+        expected = labels[offsets[i]:offsets[i + 1]]
+        assert np.array_equal(np.where(dec.segment_valid, again, -1), expected)
+
+
+def test_stages_run_alone_reuse_the_segments(tmp_path):
+    _pipeline(tmp_path, stage="segments")
+    assert not (tmp_path / "pseudo_masks").exists()
+    before = sorted(p.stat().st_mtime_ns for p in (tmp_path / "segments").glob("*.npz"))
+    for k in (3, 5):  # a K sweep on one discovery
+        summary = _pipeline(tmp_path, stage="labels", k=k)
+        assert summary["labeling"]["k"] == k
+        assert max(int(m.max()) for m in _masks(tmp_path).values() if (m != 255).any()) < k
+    assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "segments").glob("*.npz")) == before
+
+
+def test_kmeans_patches_baseline_writes_the_same_format(tmp_path):
+    summary = _pipeline(tmp_path, method="kmeans_patches")
+    masks = _masks(tmp_path)
+    assert len(masks) == 5 and summary["labeling"]["coverage"] == 1.0
+    assert all(set(np.unique(m).tolist()) <= set(range(4)) for m in masks.values())
+    resized = DemoImages(transform=ResizeForBackbone(64, 8))
+    patches = sum(item["image"].shape[1] * item["image"].shape[2] // 64 for item in resized)
+    assert summary["labeling"]["patches_clustered"] == patches
+
+
+def test_kmeans_uses_every_point_and_refuses_bad_k():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(c, 0.05, size=(3000, 8)) for c in (-1, 0, 1)]).astype(np.float32)
+    km = KMeans(3, seed=0, spherical=False).fit(x)
+    assert km.points_used == len(x)  # faiss would subsample to 256 * k = 768 by default
+    labels = km.predict(x)
+    assert len(set(labels[:3000])) == len(set(labels[3000:6000])) == len(set(labels[6000:])) == 1
+    assert len(set(labels)) == 3
+    with pytest.raises(ValueError, match="labeling.k=1"):
+        KMeans(1)
+    with pytest.raises(ValueError, match="needs at least 5 points"):
+        KMeans(5).fit(x[:3])
+
+
+def test_kmeans_with_pca_and_whitening_round_trips(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 16)).astype(np.float32)
+    km = KMeans(4, seed=0, pca_dim=8, whiten=True).fit(x)
+    km.save(tmp_path / "c.npz")
+    assert np.array_equal(KMeans.load(tmp_path / "c.npz").predict(x), km.predict(x))
+
+
+def test_segment_crops_pad_to_square_instead_of_cutting():
+    image = torch.full((3, 32, 64), 200, dtype=torch.uint8)
+    segments = np.zeros((4, 8), dtype=np.int32)
+    segments[1, :] = 1  # a wide strip: 1 patch high, 8 patches wide
+    crop = segment_crops(image, segments, [1], patch_size=8, size=64)[0]
+    assert crop.shape == (3, 64, 64)
+    # the whole width is segment (bright); above and below is square padding (black)
+    assert crop[:, 32, 2:-2].min() > 0.7 and crop[:, 2, :].max() == 0 and crop[:, -3, :].max() == 0
+    # pixels of the bounding box outside the segment are masked to the background
+    corner = np.zeros((4, 8), dtype=np.int32)
+    corner[3, :] = 1
+    corner[:, 0] = 1  # an L: its bounding box is the whole 32x64 image, padded to 64x64
+    crop = segment_crops(image, corner, [1], patch_size=8, size=64, background="black")[0]
+    assert crop[:, 16 + 12, 12:60].max() < 0.05  # inside the box, outside the L: masked
+    assert crop[:, 16 + 12, 1:6].min() > 0.7 and crop[:, 16 + 28, 2:-2].min() > 0.7  # the L itself
+    grey = segment_crops(image, corner, [1], patch_size=8, size=64, background="mean")[0]
+    assert torch.allclose(grey[:, 16 + 12, 30], torch.tensor([0.485, 0.456, 0.406]), atol=1e-3)
+
+
+def test_upsampling_is_nearest_neighbour():
+    labels = np.array([[0, 1], [2, 255]], dtype=np.uint8)
+    up = upsample_labels(labels, (5, 7))
+    assert up.shape == (5, 7) and set(np.unique(up).tolist()) == {0, 1, 2, 255}
+    assert up[0, 0] == 0 and up[-1, -1] == 255 and up[0, -1] == 1
+
+
+@pytest.mark.slow
+def test_pipeline_on_camvid_writes_metrics_with_the_packaged_dinov2(tmp_path, camvid_root, packaged_dinov2):
+    data = CamVid(camvid_root, "val", transform=ResizeForBackbone(224, 14))
+    subset_dir = tmp_path / "camvid"
+    # the first 12 images, in CamVid layout, so the dataset class reads them as users would
+    for name in ("val", "valannot"):
+        (subset_dir / name).mkdir(parents=True)
+    for sample in data.samples[:12]:
+        (subset_dir / "val" / sample.image.name).symlink_to(sample.image)
+        (subset_dir / "valannot" / sample.mask.name).symlink_to(sample.mask)
+    small = CamVid(subset_dir, "val", transform=ResizeForBackbone(224, 14))
+    summary = _pipeline(tmp_path / "out", dataset=small, backbone=packaged_dinov2, k=11)
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["miou"] == summary["metrics"]["miou"] and 0.1 < metrics["miou"] < 1
+    assert metrics["coverage"] == 1.0 and len(metrics["per_class_iou"]) == 11
+    for name in ("confusion_matrix.png", "samples.png"):
+        assert (tmp_path / "out" / name).is_file()
