@@ -7,8 +7,10 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from datus.io import load_json
 from datus.pipeline import run_pipeline
 from datus.utils import instantiate_loggers, seed_everything
+from datus.utils.logging import log_evaluation
 
 log = logging.getLogger("datus")
 
@@ -40,11 +42,8 @@ def main(cfg: DictConfig) -> float | None:
         num_pictures=cfg.num_pictures, overwrite=cfg.overwrite,
     )
     metrics = summary.get("metrics")
-    for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        if metrics:
-            logger.log_metrics({f"pseudo_masks/{k}": v for k, v in metrics.items()})
-        logger.save()
+    if metrics:
+        log_evaluation(loggers, cfg, load_json(out_dir / "metrics.json"), out_dir, prefix="pseudo_masks/")
     log.info("outputs: %s (pseudo_masks/, pseudo_masks_color/, pictures/, summary.json%s)",
              out_dir, ", metrics.json" if metrics else "")
     return metrics["miou"] if metrics else None

@@ -41,6 +41,11 @@ def write_json(path: str | Path, data: Any) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def load_json(path: str | Path) -> Any:
+    """Read a JSON file."""
+    return json.loads(Path(path).read_text())
+
+
 def save_png(path: str | Path, array) -> Path:
     """Save a uint8 ``(H, W)`` or ``(H, W, 3)`` array as PNG, atomically."""
     from PIL import Image

@@ -8,15 +8,6 @@ from pathlib import Path
 
 from datus.io import write_json
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-
-
-def _compose(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        return compose("discover", overrides=["hydra.run.dir=.", *overrides])
-
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m datus.bench", description=__doc__)
@@ -32,7 +23,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from datus.bench.discovery import bench_discovery, format_report
 
-    cfg = _compose(args.overrides)
+    from datus.utils.compose import compose_config
+
+    cfg = compose_config("discover", args.overrides)
     decomposer = instantiate(cfg.graph)
     dataset = instantiate(cfg.dataset, transform=instantiate(cfg.resize))
     backbone = instantiate(cfg.backbone)

@@ -72,8 +72,8 @@ class KMeans:
             proj = proj / np.maximum(s[:dim] / math.sqrt(max(len(x) - 1, 1)), 1e-6)
         self.projection = proj.astype(np.float32)
 
-    def fit(self, features: np.ndarray) -> "KMeans":
-        """Cluster ``features``; needs at least ``k`` points."""
+    def fit(self, features: np.ndarray, weights: np.ndarray | None = None) -> "KMeans":
+        """Cluster ``features`` (optionally weighted, e.g. by segment size); needs ``k`` points."""
         import faiss
 
         x = np.asarray(features, dtype=np.float32)
@@ -87,7 +87,7 @@ class KMeans:
             spherical=self.spherical, max_points_per_centroid=per_centroid,
             gpu=self._use_gpu(), verbose=False,
         )
-        km.train(x)
+        km.train(x, weights=None if weights is None else np.ascontiguousarray(weights, dtype=np.float32))
         self.centroids = np.asarray(km.centroids, dtype=np.float32)
         self.objective = float(km.obj[-1]) if len(km.obj) else None
         self.points_used = min(len(x), per_centroid * self.k)
