@@ -16,15 +16,22 @@ log = logging.getLogger("datus")
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float:
-    if cfg.ckpt is not None:
-        raise EvaluationError("ckpt=: evaluating a refined model needs train.py, which is not in this version yet")
-    if cfg.masks is None:
-        raise EvaluationError("nothing to evaluate: pass masks=DIR_OF_PNGS")
-    if not Path(cfg.masks).is_dir():
-        raise EvaluationError(f"masks={cfg.masks}: no such folder")
+    if (cfg.masks is None) == (cfg.ckpt is None):
+        raise EvaluationError("pass exactly one of masks=DIR_OF_PNGS or ckpt=PATH (a train.py checkpoint)")
+    masks, k = cfg.masks, cfg.k
+    if masks is not None and not Path(masks).is_dir():
+        raise EvaluationError(f"masks={masks}: no such folder")
+    if cfg.ckpt is not None and not Path(cfg.ckpt).is_file():
+        raise EvaluationError(f"ckpt={cfg.ckpt}: no such file")
     out_dir = Path(cfg.paths.output_dir)
     dataset = instantiate(cfg.dataset)
-    result, samples = evaluate_masks(dataset, cfg.masks, num_clusters=cfg.k, protocol=cfg.protocol,
+    if cfg.ckpt is not None:  # predict the split with the refined model, then score those masks
+        from datus.refine import RefineModule, predict_split
+
+        module = RefineModule.load_from_checkpoint(cfg.ckpt, map_location="cpu", weights_only=True)
+        predict_split(module, dataset, out_dir, short_side=cfg.eval_short_side, evaluate=False)
+        masks, k = out_dir / "pseudo_masks", module.hparams.num_clusters
+    result, samples = evaluate_masks(dataset, masks, num_clusters=k, protocol=cfg.protocol,
                                      allow_missing=cfg.allow_missing, num_samples=cfg.num_samples)
     write_report(out_dir, result, samples, list(dataset.classes))
     print(format_table(result))

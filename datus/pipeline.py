@@ -57,6 +57,8 @@ def run_pipeline(
     crop_size: int = 224,
     crop_background: str = "black",
     fill: bool = True,
+    weighted: bool = False,
+    patch_feature: str = "tokens",
     settings: dict[str, Any] | None = None,
     evaluate: bool = True,
     protocol: str = "honest",
@@ -77,11 +79,12 @@ def run_pipeline(
     summary: dict[str, Any] = {}
 
     if method == "kmeans_patches":
-        store = ArrayStore(out_dir / "patch_tokens")
-        computed = _predict_missing(PatchTokens(backbone), dataset, store, make_trainer, batch_size,
+        store = ArrayStore(out_dir / f"patch_{patch_feature}")
+        computed = _predict_missing(PatchTokens(backbone, patch_feature), dataset, store, make_trainer, batch_size,
                                     num_workers, shard_size, backbone.patch_size)
         summary["patch_tokens_computed_this_run"] = computed
         summary["labeling"] = label_patches(store.read(), out_dir, kmeans)
+        summary["labeling"]["patch_feature"] = patch_feature
     else:
         if stage in ("all", "segments"):
             if decomposer is None:
@@ -104,7 +107,7 @@ def run_pipeline(
                 _predict_missing(embedder, dataset, crop_store, make_trainer, batch_size, num_workers,
                                  shard_size, backbone.patch_size, indices=sorted(records))
                 features = {i: f for i, (_, f, _) in crop_store.read().items()}
-            summary["labeling"] = run_labeling(segments, out_dir, kmeans, features, fill=fill)
+            summary["labeling"] = run_labeling(segments, out_dir, kmeans, features, fill=fill, weighted=weighted)
             summary["labeling"]["segment_features"] = segment_features
 
     if evaluate and stage != "segments" and dataset.has_masks:

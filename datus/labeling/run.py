@@ -63,12 +63,15 @@ def run_labeling(
     kmeans: KMeans,
     segment_features: dict[int, np.ndarray] | None = None,
     fill: bool = False,
+    weighted: bool = False,
 ) -> dict[str, Any]:
     """Cluster the valid segments of every image in ``store``; write pseudo masks and centroids.
 
     ``segment_features`` (dataset index -> ``(S, D)``, every segment of the image) replaces the
     stored mean patch features (e.g. crop CLS embeddings). ``fill=True`` also gives invalid
     segments their nearest centroid (not used to fit it), so fewer pixels stay unlabelled.
+    ``weighted=True`` weighs each segment by its size in patches, so k-means minimises the
+    error per patch (as pixels are scored) rather than per segment.
     """
     out_dir = Path(out_dir)
     records = list(store)
@@ -81,8 +84,9 @@ def run_labeling(
     ]
     valid = [r.decomposition.segment_valid for r in records]
     train = np.concatenate([f[v] for f, v in zip(feats, valid)])
+    sizes = np.concatenate([r.decomposition.segment_sizes[v] for r, v in zip(records, valid)])
     log.info("k-means: %d valid segments of %d images, k=%d", len(train), len(records), kmeans.k)
-    kmeans.fit(train)
+    kmeans.fit(train, weights=sizes.astype(np.float32) if weighted else None)
     labels = [kmeans.predict(f) if len(f) else np.zeros(0, dtype=np.int64) for f in feats]
     strict = [np.where(v, lab, -1) for lab, v in zip(labels, valid)]
     final = labels if fill else strict
@@ -112,6 +116,7 @@ def run_labeling(
         "kmeans_points_used": kmeans.points_used,
         "kmeans_objective": kmeans.objective,
         "fill": fill,
+        "weighted": weighted,
         "coverage": written["coverage"],
         "coverage_without_fill": _pixel_coverage(records, strict) if fill else written["coverage"],
         "cluster_pixels": written["cluster_pixels"],
