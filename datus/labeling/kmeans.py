@@ -12,7 +12,10 @@ from datus.io import atomic_write
 
 
 class KMeans:
-    """k-means over ``(n, d)`` features, optionally after PCA (and whitening).
+    """k-means over ``(n, d)`` features, optionally centred or after PCA (and whitening).
+
+    ``center`` subtracts the features' mean before the (spherical) clustering: self-supervised
+    keys share a large common component (the key bias) that otherwise dominates their angles.
 
     faiss subsamples to ``max_points_per_centroid * k`` points by default (256 * k); here
     ``max_points_per_centroid=None`` means every point is used. ``nredo`` restarts keep the
@@ -28,6 +31,7 @@ class KMeans:
         nredo: int = 3,
         seed: int = 0,
         spherical: bool = True,
+        center: bool = False,
         pca_dim: int | None = None,
         whiten: bool = False,
         max_points_per_centroid: int | None = None,
@@ -37,6 +41,7 @@ class KMeans:
             raise ValueError(f"labeling.k={k} must be >= 2")
         self.k, self.niter, self.nredo, self.seed = int(k), int(niter), int(nredo), int(seed)
         self.spherical, self.pca_dim, self.whiten = bool(spherical), pca_dim, bool(whiten)
+        self.center = bool(center)
         self.max_points_per_centroid = max_points_per_centroid
         self.gpu = gpu
         self.centroids: np.ndarray | None = None
@@ -57,12 +62,15 @@ class KMeans:
         x = np.asarray(x, dtype=np.float32)
         if self.projection is not None:
             x = (x - self.mean) @ self.projection
+        elif self.mean is not None:
+            x = x - self.mean
         if self.spherical:
             x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def _fit_pca(self, x: np.ndarray) -> None:
         if self.pca_dim is None and not self.whiten:
+            self.mean = x.mean(axis=0) if self.center else None
             return
         self.mean = x.mean(axis=0)
         _, s, vt = np.linalg.svd(x - self.mean, full_matrices=False)
@@ -107,8 +115,10 @@ class KMeans:
     def save(self, path: str | Path) -> Path:
         """Save centroids and preprocessing as ``.npz`` (no pickle)."""
         arrays = {"centroids": self.centroids, "spherical": np.array(self.spherical)}
+        if self.mean is not None:
+            arrays["mean"] = self.mean
         if self.projection is not None:
-            arrays.update(mean=self.mean, projection=self.projection)
+            arrays["projection"] = self.projection
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         return atomic_write(path, lambda f: f.write(buffer.getvalue()))
@@ -118,6 +128,8 @@ class KMeans:
         with np.load(path, allow_pickle=False) as z:
             km = cls(k=max(2, len(z["centroids"])), spherical=bool(z["spherical"]))
             km.centroids = z["centroids"]
+            if "mean" in z.files:
+                km.mean = z["mean"]
             if "projection" in z.files:
-                km.mean, km.projection = z["mean"], z["projection"]
+                km.projection = z["projection"]
         return km
