@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from datus.data import SegmentationDataset
+from datus.labeling.masks import read_mask
 from datus.metrics import UNLABELLED, ClusterConfusion
 
 
@@ -17,12 +18,10 @@ class EvaluationError(ValueError):
 
 
 def _read_png(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as image:
-        if image.mode not in ("L", "P"):
-            raise EvaluationError(f"{path}: a pseudo mask must be a single-channel uint8 PNG, not {image.mode}")
-        return np.asarray(image, dtype=np.uint8)
+    try:
+        return read_mask(path)
+    except ValueError as err:
+        raise EvaluationError(str(err)) from err
 
 
 def evaluate_masks(

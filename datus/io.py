@@ -62,3 +62,14 @@ def save_figure(path: str | Path, fig, dpi: int = 110) -> Path:
         return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
     finally:
         plt.close(fig)
+
+
+def shard_indices(shards: list[Path]) -> set[int]:
+    """Dataset indices held by ``.npz`` shards with an ``indices`` array (reads only that array)."""
+    import numpy as np
+
+    done: set[int] = set()
+    for shard in shards:
+        with np.load(shard, allow_pickle=False) as z:
+            done.update(int(i) for i in z["indices"])
+    return done

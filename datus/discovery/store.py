@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from datus.discovery.decompose import Decomposition
-from datus.io import atomic_write
+from datus.io import atomic_write, shard_indices
 
 #: Per-image timings kept in each shard (milliseconds), in this column order.
 TIMING_KEYS = ("backbone_ms", "affinity_ms", "louvain_ms", "segments_ms")
@@ -103,8 +103,4 @@ class SegmentStore:
 
     def done_indices(self) -> set[int]:
         """Dataset indices already in a finished shard (cheap: reads only the index arrays)."""
-        done: set[int] = set()
-        for shard in self.shards():
-            with np.load(shard, allow_pickle=False) as z:
-                done.update(int(i) for i in z["indices"])
-        return done
+        return shard_indices(self.shards())

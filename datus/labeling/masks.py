@@ -35,6 +35,16 @@ def palette(k: int) -> np.ndarray:
     return colors
 
 
+def read_mask(path: Path) -> np.ndarray:
+    """A single-channel uint8 label PNG as an ``(H, W)`` array; anything else is an error."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        if image.mode not in ("L", "P"):
+            raise ValueError(f"{path}: a mask must be a single-channel uint8 PNG, not mode {image.mode}")
+        return np.array(image, dtype=np.uint8)
+
+
 def save_mask(path: Path, mask: np.ndarray) -> None:
     """uint8 single-channel PNG, written atomically."""
     from PIL import Image

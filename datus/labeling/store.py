@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from pytorch_lightning.callbacks import BasePredictionWriter
 
-from datus.io import atomic_write
+from datus.io import atomic_write, shard_indices
 
 
 class ArrayStore:
@@ -39,11 +39,8 @@ class ArrayStore:
         return atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
     def done_indices(self) -> set[int]:
-        done: set[int] = set()
-        for shard in self.shards():
-            with np.load(shard, allow_pickle=False) as z:
-                done.update(int(i) for i in z["indices"])
-        return done
+        """Dataset indices already in a finished shard (cheap: reads only the index arrays)."""
+        return shard_indices(self.shards())
 
     def read(self) -> dict[int, tuple[str, np.ndarray, tuple[int, ...]]]:
         """Dataset index -> ``(stem, (rows, D) float16 array, meta)``."""

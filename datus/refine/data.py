@@ -8,12 +8,12 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from datus.data import SegmentationDataset
+from datus.labeling.masks import read_mask
 
 UNLABELLED = 255
 
@@ -23,10 +23,10 @@ class PseudoMaskError(ValueError):
 
 
 def read_label_png(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        if image.mode not in ("L", "P"):
-            raise PseudoMaskError(f"{path}: expected a single-channel uint8 PNG, got mode {image.mode}")
-        return np.array(image, dtype=np.uint8)
+    try:
+        return read_mask(path)
+    except ValueError as err:
+        raise PseudoMaskError(str(err)) from err
 
 
 class PairedMasks(Dataset):
