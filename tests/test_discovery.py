@@ -228,8 +228,8 @@ def _trainer(**kw) -> pl.Trainer:
 
 
 def _run(out, dataset=None, settings=None, trainer=None, **kw):
+    torch.manual_seed(0)  # the same random tiny backbone in every run
     backbone = build_backbone("tiny_vit")
-    torch.manual_seed(0)
     dataset = dataset or DemoImages(transform=ResizeForBackbone(64, 8))
     return run_discovery(backbone, _tiny_decomposer(), dataset, trainer or _trainer(), out,
                          settings=settings or {"test": 1}, batch_size=2, shard_size=2, **kw)
