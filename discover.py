@@ -45,7 +45,9 @@ def main(cfg: DictConfig) -> float | None:
     metrics = summary.get("metrics")
     if metrics:
         log_evaluation(loggers, cfg, load_json(out_dir / "metrics.json"), out_dir, prefix="pseudo_masks/")
-    log.info("outputs: %s (pseudo_masks/, pseudo_masks_color/, pictures/, summary.json%s)",
+    if (out_dir / "pictures").is_dir():
+        log.info("pictures: %s", out_dir / "pictures")
+    log.info("outputs: %s (pseudo_masks/, pseudo_masks_color/, summary.json%s)",
              out_dir, ", metrics.json" if metrics else "")
     return metrics["miou"] if metrics else None
 
