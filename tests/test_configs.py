@@ -128,3 +128,18 @@ def test_discover_default_command_runs_offline_with_the_packaged_dinov2(tmp_path
     assert summary["per_image"]["valid_segments"] >= 3
     assert len(list((out / "pictures").glob("*.png"))) == 5
     assert "pictures: " in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("what", ["attention", "features"])
+def test_viz_saves_pictures_of_what_the_backbone_sees(tmp_path, what):
+    proc = subprocess.run(
+        [sys.executable, "-m", "datus.viz", what, "--images", "2", "--out", str(tmp_path), "backbone=tiny_vit",
+         "resize.size=64"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    pictures = sorted((tmp_path / what).glob("*.png"))
+    assert [p.stem for p in pictures] == ["astronaut", "chelsea"]
+    from PIL import Image
+
+    assert Image.open(pictures[0]).size[0] > 300  # a real figure, not an empty file
