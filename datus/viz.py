@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--feature", default="tokens", help="features: keys | queries | values | tokens")
     parser.add_argument("--out", type=Path, default=Path("viz"))
     parser.add_argument("overrides", nargs="*", help="e.g. backbone=dino_vits8 dataset=camvid dataset.root=DIR")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options and overrides in any order
     cfg = compose_config("discover", args.overrides)
     backbone = instantiate(cfg.backbone)
     dataset = instantiate(cfg.dataset, transform=instantiate(cfg.resize))
