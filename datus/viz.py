@@ -33,9 +33,13 @@ def pca_rgb(features: Tensor, grid: tuple[int, int]) -> np.ndarray:
 
 
 def upsample_nearest(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of an (h, w[, c]) array to (H, W): patch maps stay blocky."""
-    rows = (np.arange(size[0]) * image.shape[0] // size[0]).clip(0, image.shape[0] - 1)
-    cols = (np.arange(size[1]) * image.shape[1] // size[1]).clip(0, image.shape[1] - 1)
+    """Nearest-neighbour resize of an ``(h, w[, c])`` array to ``size`` (pixel centres).
+
+    Used for label maps (never interpolate labels) and for blocky patch pictures alike.
+    """
+    h, w = image.shape[:2]
+    rows = np.minimum(((np.arange(size[0]) + 0.5) * h / size[0]).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(size[1]) + 0.5) * w / size[1]).astype(np.int64), w - 1)
     return image[rows][:, cols]
 
 

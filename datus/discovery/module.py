@@ -139,8 +139,8 @@ def summarize(store: SegmentStore) -> dict[str, Any]:
         for key in TIMING_KEYS:
             if key in dec.timings:
                 timings[key].append(dec.timings[key])
-    skipped = read_skipped(store.folder)
-    skipped = [s for s in skipped if s["index"] not in store.done_indices()]
+    done = store.done_indices()
+    skipped = [s for s in read_skipped(store.folder) if s["index"] not in done]
     return {
         "images": images,
         "segments": segments,

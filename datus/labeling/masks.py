@@ -7,16 +7,13 @@ from pathlib import Path
 import numpy as np
 
 from datus.io import atomic_write
+from datus.metrics import UNLABELLED
+from datus.viz import upsample_nearest
 
-UNLABELLED = 255
 
 
-def upsample_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of an ``(h, w)`` label map to ``size`` (pixel centres)."""
-    h, w = labels.shape
-    rows = np.minimum(((np.arange(size[0]) + 0.5) * h / size[0]).astype(np.int64), h - 1)
-    cols = np.minimum(((np.arange(size[1]) + 0.5) * w / size[1]).astype(np.int64), w - 1)
-    return labels[rows][:, cols]
+#: Nearest-neighbour resize of an ``(h, w)`` label map to ``(H, W)`` (pixel centres).
+upsample_labels = upsample_nearest
 
 
 def patch_labels(segments: np.ndarray, segment_labels: np.ndarray) -> np.ndarray:

@@ -15,8 +15,6 @@ from torchvision.transforms import v2
 from datus.data import SegmentationDataset
 from datus.labeling.masks import read_mask
 
-UNLABELLED = 255
-
 
 class PseudoMaskError(ValueError):
     """Pseudo masks that do not fit the images (missing, wrong size, not single-channel)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from datus.backbones.weights import WeightsError, clean_state_dict, read_checkpoint

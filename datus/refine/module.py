@@ -10,10 +10,9 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from datus.metrics import ClusterConfusion
+from datus.metrics import UNLABELLED, ClusterConfusion
 from datus.refine.model import build_segmenter
 
-UNLABELLED = 255
 
 
 class RefineModule(pl.LightningModule):

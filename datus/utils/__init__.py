@@ -1,5 +1,5 @@
 """Small helpers shared by the entry points (Hydra-aware code lives here, not in the library)."""
 
-from datus.utils.hydra import instantiate_callbacks, instantiate_loggers, log_config, seed_everything
+from datus.utils.hydra import instantiate_loggers, seed_everything
 
-__all__ = ["instantiate_callbacks", "instantiate_loggers", "log_config", "seed_everything"]
+__all__ = ["instantiate_loggers", "seed_everything"]
