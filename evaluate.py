@@ -8,7 +8,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from datus.evaluation import EvaluationError, evaluate_masks, format_table, write_report
-from datus.utils import instantiate_loggers
+from datus.utils import finish_loggers, instantiate_loggers
 from datus.utils.logging import log_evaluation
 
 log = logging.getLogger("datus")
@@ -35,7 +35,9 @@ def main(cfg: DictConfig) -> float:
                                      allow_missing=cfg.allow_missing, num_samples=cfg.num_samples)
     write_report(out_dir, result, samples, list(dataset.classes))
     print(format_table(result))
-    log_evaluation(instantiate_loggers(cfg.logger), cfg, result, out_dir)
+    loggers = instantiate_loggers(cfg.logger)
+    log_evaluation(loggers, cfg, result, out_dir)
+    finish_loggers(loggers)
     log.info("metrics: %s", out_dir / "metrics.json")
     return result["miou"]
 

@@ -1,86 +1,18 @@
 """Entry point: DeepLabV3 refinement of pseudo masks (python train.py --help)."""
 
-import logging
-from pathlib import Path
-
 import hydra
-import numpy as np
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from datus.io import write_json
-from datus.refine import PseudoMaskDataModule, PseudoMaskError, RefineModule, predict_split
-from datus.refine.data import read_label_png
-from datus.utils import instantiate_loggers, seed_everything
-
-log = logging.getLogger("datus")
-
-
-def infer_k(masks: Path) -> int:
-    """Number of clusters in a folder of pseudo masks: the largest label (not 255) + 1."""
-    labels = [int(m.max(initial=0, where=m != 255)) for m in map(read_label_png, sorted(masks.glob("*.png")))]
-    if not labels:
-        raise PseudoMaskError(f"pseudo_masks={masks}: no PNG masks")
-    return max(2, max(labels) + 1)
-
-
-def resolve_ckpt(value: str | None, round_dir: Path) -> str | None:
-    if value != "last":
-        return value
-    last = round_dir / "checkpoints" / "last.ckpt"
-    return str(last) if last.is_file() else None
+from datus.utils import finish_loggers, instantiate_loggers
+from datus.utils.refinement import run_refinement
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    seed_everything(cfg.seed)
-    if cfg.pseudo_masks is None:
-        raise PseudoMaskError("pass pseudo_masks=DIR (the pseudo_masks/ folder written by discover.py)")
-    masks = Path(cfg.pseudo_masks)
-    if not masks.is_dir():
-        raise PseudoMaskError(f"pseudo_masks={masks}: no such folder")
-    out_dir = Path(cfg.paths.output_dir)
-    train_set = instantiate(cfg.dataset, split=cfg.train_split)
-    val_set = instantiate(cfg.dataset, split=cfg.val_split) if cfg.val_split else None
-    k = int(cfg.k) if cfg.k else infer_k(masks)
     loggers = instantiate_loggers(cfg.logger)
-    history = []
-    for r in range(int(cfg.rounds)):
-        round_dir = out_dir if cfg.rounds == 1 else out_dir / f"round_{r}"
-        datamodule = PseudoMaskDataModule(train_set, masks, val_set, **cfg.data)
-        model = instantiate(cfg.model, num_clusters=k, class_names=datamodule.classes,
-                            picture_dir=str(round_dir / "val_pictures"))
-        checkpoint = instantiate(cfg.callbacks.checkpoint, dirpath=str(round_dir / "checkpoints"))
-        last = instantiate(cfg.callbacks.last, dirpath=str(round_dir / "checkpoints"))
-        callbacks = [checkpoint, last] if val_set is not None else [last]
-        trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
-                              default_root_dir=str(round_dir))
-        log.info("round %d/%d: K=%d, %d training images with pseudo masks from %s", r + 1, cfg.rounds, k,
-                 len(datamodule.train_set), masks)
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt(cfg.ckpt_path, round_dir), weights_only=True)
-        best = (checkpoint.best_model_path if val_set is not None else "") or last.best_model_path
-        entry = {"round": r, "pseudo_masks": str(masks), "best_checkpoint": best,
-                 "val_miou": _metric(trainer, "val/miou"), "val_pixel_accuracy": _metric(trainer, "val/pixel_accuracy")}
-        if val_set is not None and checkpoint.best_model_score is not None:
-            entry["best_val_miou"] = float(checkpoint.best_model_score)
-        if r + 1 < cfg.rounds or cfg.predict:
-            # the best checkpoint; the model in memory when none was written (fast dev run)
-            module = RefineModule.load_from_checkpoint(best, map_location="cpu", weights_only=True) if best else model
-            target = out_dir / (f"round_{r + 1}" if r + 1 < cfg.rounds else "refined")
-            result = predict_split(module, train_set, target, short_side=cfg.data.eval_short_side)
-            if result:
-                entry["refined_train_miou"] = result["miou"]
-                entry["refined_train_pixel_accuracy"] = result["pixel_accuracy"]
-            masks = target / "pseudo_masks"
-            log.info("refined masks of %s: %s", cfg.train_split, masks)
-        history.append(entry)
-        write_json(out_dir / "train_summary.json", {"k": k, "rounds": history})
+    history = run_refinement(cfg, loggers=loggers)
+    finish_loggers(loggers)
     return history[-1].get("best_val_miou")
-
-
-def _metric(trainer, name: str) -> float | None:
-    value = trainer.callback_metrics.get(name)
-    return None if value is None else float(np.asarray(value.cpu()))
 
 
 if __name__ == "__main__":

@@ -6,20 +6,23 @@ Hydra-free: the entry point instantiates the objects and passes them in.
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader, Subset
 
 from datus.backbones import Backbone
 from datus.data import SegmentationDataset, SkipUnreadable
 from datus.discovery import SceneDecomposer, SegmentStore, run_discovery
-from datus.discovery.module import collate_items
+from datus.discovery.module import collate_items, read_skipped
 from datus.evaluation import evaluate_masks, format_table, write_report
-from datus.io import write_json
+from datus.io import atomic_write, load_json, write_json
 from datus.labeling import ArrayStore, ArrayWriter, KMeans, PatchTokens, SegmentEmbedder, label_patches, run_labeling
+from datus.runs import cache_entry, check_settings, job_lock, settings_key, shard_range
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +31,17 @@ STAGES = ("all", "segments", "labels")
 SEGMENT_FEATURES = ("mean", "crop")
 
 
+def global_rank() -> int:
+    """This process's rank (0 without DDP): Lightning sets it from the launcher's environment."""
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
+
+
 def _predict_missing(module: pl.LightningModule, dataset, store: ArrayStore, make_trainer, batch_size: int,
                      num_workers: int, shard_size: int, min_size: int, indices: list[int] | None = None) -> int:
-    """Run ``module`` over the images (of ``indices``) not yet in ``store``; returns how many."""
+    """Run ``module`` over the images (of ``indices``) not yet in ``store``; returns how many.
+
+    Every rank returns only after all ranks have written their shards (DDP).
+    """
     done = store.done_indices()
     todo = [i for i in (range(len(dataset)) if indices is None else indices) if i not in done]
     if todo:
@@ -39,7 +50,52 @@ def _predict_missing(module: pl.LightningModule, dataset, store: ArrayStore, mak
         loader = DataLoader(Subset(SkipUnreadable(dataset, min_size), todo), batch_size=batch_size,
                             num_workers=num_workers, collate_fn=collate_items)
         trainer.predict(module, dataloaders=loader, return_predictions=False)
+        trainer.strategy.barrier()
     return len(todo)
+
+
+def _check_complete(segments: SegmentStore, dataset: SegmentationDataset) -> None:
+    """Refuse to cluster a split whose discovery is unfinished (e.g. a shard task still running)."""
+    have = segments.done_indices() | {int(s["index"]) for s in read_skipped(segments.folder)}
+    missing = [i for i in range(len(dataset)) if i not in have]
+    if missing:
+        names = ", ".join(dataset.samples[i].stem for i in missing[:5])
+        raise ValueError(
+            f"{len(missing)} of {len(dataset)} images have no segments in {segments.folder} (e.g. {names}): "
+            "finish discovery first (every shard.index of stage=segments), then run stage=labels"
+        )
+
+
+def _link_discovery(work: Path, out_dir: Path) -> None:
+    """Make the cached discovery visible in the run's folder: ``segments`` link, copied pictures."""
+    link = out_dir / "segments"
+    target = (work / "segments").resolve()
+    if link.is_symlink() and link.resolve() != target:
+        link.unlink()
+    if not link.exists():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(target, target_is_directory=True)
+    for picture in sorted((work / "pictures").glob("*.png")):
+        copy = out_dir / "pictures" / picture.name
+        if not copy.is_file():
+            atomic_write(copy, lambda f, p=picture: f.write(p.read_bytes()))
+
+
+#: What a run writes into its output dir (removed when overwrite=true replaces another run).
+RUN_OUTPUTS = ("pseudo_masks", "pseudo_masks_color", "labeling", "pictures", "segments", "patch_tokens",
+               "patch_keys", "metrics.json", "summary.json", "confusion_matrix.png", "samples.png")
+
+
+def _claim_output_dir(out_dir: Path, run_settings: dict[str, Any], overwrite: bool) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if check_settings(out_dir / "run.json", run_settings, overwrite, what="pseudo masks"):
+        for name in RUN_OUTPUTS:
+            path = out_dir / name
+            if path.is_symlink() or path.is_file():
+                path.unlink()
+            elif path.is_dir():
+                shutil.rmtree(path)
+        write_json(out_dir / "run.json", run_settings)
 
 
 def run_pipeline(
@@ -60,6 +116,10 @@ def run_pipeline(
     weighted: bool = False,
     patch_feature: str = "tokens",
     settings: dict[str, Any] | None = None,
+    run_settings: dict[str, Any] | None = None,
+    cache_dir: str | Path | None = None,
+    shard_index: int = 0,
+    shard_count: int = 1,
     evaluate: bool = True,
     protocol: str = "honest",
     batch_size: int = 8,
@@ -68,47 +128,85 @@ def run_pipeline(
     num_pictures: int = 8,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Run ``method`` on ``dataset`` into ``out_dir``; returns the summary (with metrics if evaluated)."""
+    """Run ``method`` on ``dataset`` into ``out_dir``; returns the summary (with metrics if evaluated).
+
+    ``settings`` are what produce the backbone-pass outputs (segments, patch features): with
+    ``cache_dir`` those outputs are kept in ``cache_dir/<kind>/<hash of settings>`` and reused by
+    every run with the same settings (a K sweep passes over the images once). ``run_settings``
+    (everything that changes the pseudo masks) guard ``out_dir`` against mixing two runs.
+    ``shard_index``/``shard_count`` make this job decompose one contiguous block of the split
+    (``stage=segments``); ``stage=labels`` then clusters the whole split. Under DDP every rank
+    runs the backbone passes and returns ``{}``; rank 0 clusters, writes and evaluates.
+    """
     if method not in METHODS:
         raise ValueError(f"method={method!r}: choose one of {METHODS}")
     if stage not in STAGES:
         raise ValueError(f"stage={stage!r}: choose one of {STAGES}")
     if segment_features not in SEGMENT_FEATURES:
         raise ValueError(f"labeling.features={segment_features!r}: choose one of {SEGMENT_FEATURES}")
+    indices = shard_range(len(dataset), shard_index, shard_count)
+    if shard_count > 1 and (stage != "segments" or method != "datus"):
+        raise ValueError(f"shard.count={shard_count} splits discovery only: use method=datus stage=segments, "
+                         "then one stage=labels job once every shard is done")
     out_dir = Path(out_dir)
+    settings = settings or {}
+    _claim_output_dir(out_dir, run_settings if run_settings is not None else settings, overwrite)
     summary: dict[str, Any] = {}
 
     if method == "kmeans_patches":
-        store = ArrayStore(out_dir / f"patch_{patch_feature}")
-        computed = _predict_missing(PatchTokens(backbone, patch_feature), dataset, store, make_trainer, batch_size,
-                                    num_workers, shard_size, backbone.patch_size)
+        key = {**{k: v for k, v in settings.items() if k != "graph"}, "patch_feature": patch_feature}
+        work = cache_entry(cache_dir, "patch_features", key) if cache_dir else out_dir
+        store = ArrayStore(work / f"patch_{patch_feature}")
+        with job_lock(work / f".lock-rank{global_rank()}", f"patch features in {work}"):
+            computed = _predict_missing(PatchTokens(backbone, patch_feature), dataset, store, make_trainer,
+                                        batch_size, num_workers, shard_size, backbone.patch_size)
+        if global_rank() != 0:
+            return {}
         summary["patch_tokens_computed_this_run"] = computed
+        summary["patch_features_dir"] = str(store.folder)
         summary["labeling"] = label_patches(store.read(), out_dir, kmeans)
         summary["labeling"]["patch_feature"] = patch_feature
     else:
+        work = cache_entry(cache_dir, "discovery", settings) if cache_dir else out_dir
+        segments = SegmentStore(work / "segments")
         if stage in ("all", "segments"):
             if decomposer is None:
                 raise ValueError("method=datus needs a graph (scene decomposer)")
-            summary = run_discovery(
-                backbone, decomposer, dataset, make_trainer(), out_dir, settings=settings,
-                batch_size=batch_size, num_workers=num_workers, shard_size=shard_size,
-                num_pictures=num_pictures, overwrite=overwrite,
-            )
+            lock = work / f".lock-{shard_index}-of-{shard_count}-rank{global_rank()}"
+            with job_lock(lock, f"segments in {work}"):
+                summary = run_discovery(
+                    backbone, decomposer, dataset, make_trainer(), work, settings=settings,
+                    batch_size=batch_size, num_workers=num_workers, shard_size=shard_size,
+                    num_pictures=num_pictures, overwrite=overwrite, indices=indices,
+                )
+        elif (work / "summary.json").is_file():
+            summary = load_json(work / "summary.json")
+        if work != out_dir and segments.folder.is_dir():
+            _link_discovery(work, out_dir)
         if stage in ("all", "labels"):
-            segments = SegmentStore(out_dir / "segments")
             if not segments.shards():
                 raise ValueError(f"stage=labels: no segments in {segments.folder}; run stage=segments first")
+            _check_complete(segments, dataset)
             features = None
             if segment_features == "crop":
                 records = {r.index: r for r in segments}
-                embedder = SegmentEmbedder(extractor or backbone, records, backbone.patch_size, crop_size,
+                source = extractor or backbone
+                crop_key = {"extractor": source.name, "weights": getattr(source, "weights_source", None),
+                            "crop_size": crop_size, "background": crop_background, "all_segments": fill}
+                crop_dir = work / "crop_features" / settings_key(crop_key)
+                embedder = SegmentEmbedder(source, records, backbone.patch_size, crop_size,
                                            crop_background, all_segments=fill)
-                crop_store = ArrayStore(out_dir / "labeling" / f"crop_features_{(extractor or backbone).name}")
-                _predict_missing(embedder, dataset, crop_store, make_trainer, batch_size, num_workers,
-                                 shard_size, backbone.patch_size, indices=sorted(records))
+                crop_store = ArrayStore(crop_dir)
+                with job_lock(work / f".lock-crops-rank{global_rank()}", f"segment crops in {crop_dir}"):
+                    _predict_missing(embedder, dataset, crop_store, make_trainer, batch_size, num_workers,
+                                     shard_size, backbone.patch_size, indices=sorted(records))
                 features = {i: f for i, (_, f, _) in crop_store.read().items()}
+            if global_rank() != 0:
+                return {}
             summary["labeling"] = run_labeling(segments, out_dir, kmeans, features, fill=fill, weighted=weighted)
             summary["labeling"]["segment_features"] = segment_features
+        elif global_rank() != 0:
+            return {}
 
     if evaluate and stage != "segments" and dataset.has_masks:
         result, samples = evaluate_masks(dataset, out_dir / "pseudo_masks", num_clusters=kmeans.k,
@@ -117,5 +215,8 @@ def run_pipeline(
         log.info("pseudo masks vs ground truth:\n%s", format_table(result))
         summary["metrics"] = {k: result[k] for k in ("miou", "pixel_accuracy", "mean_f1", "coverage")}
     summary["method"] = method
+    summary["stage"] = stage
+    if cache_dir:
+        summary["cache_entry"] = str(work)
     write_json(out_dir / "summary.json", summary)
     return summary

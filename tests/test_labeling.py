@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from PIL import Image
 
 from datus.backbones import build_backbone
 from datus.data import CamVid, DemoImages
-from datus.discovery import Affinity, Louvain, SceneDecomposer, SegmentStore
+from datus.discovery import Affinity, Louvain, RunConflictError, SceneDecomposer, SegmentStore
 from datus.labeling import KMeans, segment_crops, upsample_labels
 from datus.pipeline import run_pipeline
 from datus.transforms import ResizeForBackbone
@@ -84,11 +85,53 @@ def test_stages_run_alone_reuse_the_segments(tmp_path):
     _pipeline(tmp_path, stage="segments")
     assert not (tmp_path / "pseudo_masks").exists()
     before = sorted(p.stat().st_mtime_ns for p in (tmp_path / "segments").glob("*.npz"))
-    for k in (3, 5):  # a K sweep on one discovery
-        summary = _pipeline(tmp_path, stage="labels", k=k)
-        assert summary["labeling"]["k"] == k
-        assert max(int(m.max()) for m in _masks(tmp_path).values() if (m != 255).any()) < k
+    summary = _pipeline(tmp_path, stage="labels")
+    assert summary["labeling"]["images"] == 5 and len(_masks(tmp_path)) == 5
     assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "segments").glob("*.npz")) == before
+
+
+def test_a_k_sweep_reuses_the_cached_backbone_pass(tmp_path):
+    cache, settings = tmp_path / "cache", {"backbone": "tiny", "graph": "knn8"}
+    first = _pipeline(tmp_path / "k3", k=3, cache_dir=cache, settings=settings)
+    assert first["computed_this_run"] == 5
+    shards = sorted((cache / "discovery").glob("*/segments/shard-*.npz"))
+    before = [p.stat().st_mtime_ns for p in shards]
+    second = _pipeline(tmp_path / "k5", k=5, cache_dir=cache, settings=settings)
+    assert second["computed_this_run"] == 0 and second["cache_entry"] == first["cache_entry"]
+    assert [p.stat().st_mtime_ns for p in sorted((cache / "discovery").glob("*/segments/shard-*.npz"))] == before
+    assert max(int(m.max()) for m in _masks(tmp_path / "k5").values()) == 4  # K=5 labels, not K=3's
+    assert (tmp_path / "k5" / "segments").resolve() == (cache / "discovery").resolve() / Path(
+        second["cache_entry"]).name / "segments"
+    assert sorted(p.name for p in (tmp_path / "k5" / "pictures").glob("*.png")) == sorted(
+        p.name for p in (tmp_path / "k3" / "pictures").glob("*.png"))
+    # the patch-feature cache of the baseline likewise
+    _pipeline(tmp_path / "p3", k=3, method="kmeans_patches", cache_dir=cache, settings=settings)
+    again = _pipeline(tmp_path / "p5", k=5, method="kmeans_patches", cache_dir=cache, settings=settings)
+    assert again["patch_tokens_computed_this_run"] == 0
+    # other graph settings: a new cache entry, computed afresh
+    other = _pipeline(tmp_path / "g", k=3, cache_dir=cache, settings={**settings, "graph": "knn5"})
+    assert other["computed_this_run"] == 5 and other["cache_entry"] != first["cache_entry"]
+
+
+def test_a_run_dir_is_not_overwritten_by_other_settings_unless_asked(tmp_path):
+    _pipeline(tmp_path, k=3, run_settings={"k": 3})
+    with pytest.raises(RunConflictError, match="changed: k.*overwrite=true"):
+        _pipeline(tmp_path, k=5, run_settings={"k": 5})
+    assert max(int(m.max()) for m in _masks(tmp_path).values()) == 2  # K=3's masks untouched
+    _pipeline(tmp_path, k=5, run_settings={"k": 5}, overwrite=True)
+    assert max(int(m.max()) for m in _masks(tmp_path).values()) == 4
+
+
+def test_labels_refuse_an_unfinished_sharded_discovery(tmp_path):
+    cache = tmp_path / "cache"
+    _pipeline(tmp_path / "a", stage="segments", cache_dir=cache, shard_index=0, shard_count=2)
+    with pytest.raises(ValueError, match="have no segments.*every shard.index"):
+        _pipeline(tmp_path / "merge", stage="labels", cache_dir=cache)
+    _pipeline(tmp_path / "b", stage="segments", cache_dir=cache, shard_index=1, shard_count=2)
+    merged = _pipeline(tmp_path / "merge", stage="labels", cache_dir=cache)
+    assert merged["labeling"]["images"] == 5 and len(_masks(tmp_path / "merge")) == 5
+    with pytest.raises(ValueError, match="stage=segments"):
+        _pipeline(tmp_path / "c", cache_dir=cache, shard_index=0, shard_count=2)
 
 
 def test_kmeans_patches_baseline_writes_the_same_format(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -18,29 +17,19 @@ from datus.discovery.decompose import SceneDecomposer
 from datus.discovery.module import DiscoveryModule, SegmentWriter, collate_items, summarize
 from datus.discovery.store import SegmentStore
 from datus.io import write_json
+from datus.runs import RunConflictError, check_settings
+
+__all__ = ["RunConflictError", "run_discovery"]
 
 log = logging.getLogger(__name__)
 
 
-class RunConflictError(RuntimeError):
-    """The output folder holds results of different settings (rerun with overwrite=true)."""
-
-
-def _check_settings(folder: Path, settings: dict[str, Any], overwrite: bool) -> None:
-    path = folder / "config.json"
-    if path.is_file():
-        previous = json.loads(path.read_text())
-        if previous != settings:
-            if not overwrite:
-                changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
-                raise RunConflictError(
-                    f"{folder} holds segments made with other settings (changed: {', '.join(changed)}); "
-                    "choose another output dir or pass overwrite=true to replace them"
-                )
-            log.warning("overwrite=true: removing segments of other settings in %s", folder)
-            shutil.rmtree(folder)
+def _claim(folder: Path, settings: dict[str, Any], overwrite: bool) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(path, settings)
+    if check_settings(folder / "config.json", settings, overwrite, what="segments"):
+        shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        write_json(folder / "config.json", settings)
 
 
 def run_discovery(
@@ -55,18 +44,21 @@ def run_discovery(
     shard_size: int = 256,
     num_pictures: int = 8,
     overwrite: bool = False,
+    indices: range | list[int] | None = None,
 ) -> dict[str, Any]:
     """Decompose every image of ``dataset`` into ``out_dir/segments`` and write ``summary.json``.
 
     Images already in a finished shard are skipped, so rerunning after a crash (same settings)
     finishes the job; ``settings`` (what produced the segments) guard against mixing runs.
-    Unreadable images are skipped and listed by name in the summary.
+    Unreadable images are skipped and listed by name in the summary. ``indices`` restricts
+    the run to part of the split (one task of a sharded job); under DDP every rank returns
+    after all ranks have written their shards.
     """
     out_dir = Path(out_dir)
     store = SegmentStore(out_dir / "segments")
-    _check_settings(store.folder, settings or {}, overwrite)
+    _claim(store.folder, settings or {}, overwrite)
     done = store.done_indices()
-    todo = [i for i in range(len(dataset)) if i not in done]
+    todo = [i for i in (range(len(dataset)) if indices is None else indices) if i not in done]
     if done:
         log.info("resuming: %d of %d images already decomposed", len(done), len(dataset))
     start = time.perf_counter()
@@ -80,6 +72,7 @@ def run_discovery(
             persistent_workers=False,
         )
         trainer.predict(DiscoveryModule(backbone, decomposer), dataloaders=loader, return_predictions=False)
+        trainer.strategy.barrier()  # every rank's shards are on disk before anyone reads the store
     summary = summarize(store)
     summary.update({
         "backbone": backbone.name,

@@ -97,9 +97,9 @@ class SegmentStore:
             )
 
     def __iter__(self) -> Iterator[ImageSegments]:
-        """All stored images, in dataset order."""
-        records = [r for shard in self.shards() for r in self.read_shard(shard)]
-        return iter(sorted(records, key=lambda r: r.index))
+        """All stored images, in dataset order (an image stored twice, e.g. by two overlapping jobs, once)."""
+        records = {r.index: r for shard in reversed(self.shards()) for r in self.read_shard(shard)}
+        return iter([records[i] for i in sorted(records)])
 
     def done_indices(self) -> set[int]:
         """Dataset indices already in a finished shard (cheap: reads only the index arrays)."""

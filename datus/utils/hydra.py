@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytorch_lightning as pl
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+
 
 def instantiate_loggers(cfg: DictConfig | None) -> list:
     """Build every logger under the ``logger`` group (a dict of ``_target_`` nodes)."""
@@ -13,8 +16,62 @@ def instantiate_loggers(cfg: DictConfig | None) -> list:
     return [instantiate(node) for node in cfg.values() if node and "_target_" in node]
 
 
+def finish_loggers(loggers: list) -> None:
+    """Close every logger; end the W&B run so the next multirun job starts its own."""
+    for logger in loggers:
+        finalize = getattr(logger, "finalize", None)
+        if finalize:
+            finalize("success")
+        if type(logger).__name__ == "WandbLogger":
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish()
+
+
 def seed_everything(seed: int | None) -> None:
     """Seed python, numpy and torch (workers too) when a seed is given."""
     if seed is not None:
         pl.seed_everything(int(seed), workers=True, verbose=False)
 
+
+def refinement_config(cfg: DictConfig, out_dir: Path) -> DictConfig:
+    """The ``train`` config for ``discover.py refine=true``: train.yaml plus ``refine_overrides``,
+    trained on this run's dataset split and pseudo masks, written to ``out_dir/refine``."""
+    from hydra import compose
+
+    train_cfg = compose("train", overrides=list(cfg.refine_overrides))
+    with open_dict(train_cfg):
+        train_cfg.dataset = cfg.dataset
+        train_cfg.train_split = cfg.dataset.get("split", train_cfg.train_split)
+        train_cfg.pseudo_masks = str(out_dir / "pseudo_masks")
+        train_cfg.k = int(cfg.labeling.k)
+        train_cfg.seed = cfg.seed
+        train_cfg.paths.output_dir = str(out_dir / "refine")
+    return train_cfg
+
+
+def _sweep_group(default: str) -> str:
+    """``<task>-<sweep dir name>`` in a multirun (W&B group), else ``default``."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return default
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return f"{default}-{Path(hydra_cfg.sweep.dir).name}"
+    return default
+
+
+def _run_name(default: str) -> str:
+    """The job's overrides (``labeling.k=6,backbone=...``), or ``default`` when there are none."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return default
+    return HydraConfig.get().job.override_dirname or default
+
+
+OmegaConf.register_new_resolver("datus.sweep_group", _sweep_group, replace=True)
+OmegaConf.register_new_resolver("datus.run_name", _run_name, replace=True)

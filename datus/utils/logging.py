@@ -22,7 +22,3 @@ def log_evaluation(loggers: list, cfg: DictConfig, result: dict[str, Any], out_d
             if images:
                 logger.log_image(key=f"{prefix}pictures", images=[str(out_dir / p) for p in images], caption=images)
         logger.save()
-    for logger in loggers:
-        finalize = getattr(logger, "finalize", None)
-        if finalize:
-            finalize("success")

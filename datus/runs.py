@@ -1,0 +1,96 @@
+"""Run folders: the guard against mixing settings, the settings-keyed cache, and job locks.
+
+A K sweep should not recompute the backbone passes: discovery outputs live in
+``<cache>/<kind>/<key>/`` where ``key`` hashes the settings that produce them, so every job
+with the same backbone, data, resize and graph finds them. Jobs that start together take a
+file lock, so one computes and the others wait and reuse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from datus.io import load_json, write_json
+
+log = logging.getLogger(__name__)
+
+#: Bumped when the on-disk format of cached outputs changes, so old entries are not read.
+CACHE_FORMAT = 1
+
+
+class RunConflictError(RuntimeError):
+    """The output folder holds results of different settings (rerun with overwrite=true)."""
+
+
+def changed_keys(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Top-level keys whose values differ between two settings dicts."""
+    return sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+
+
+def check_settings(path: str | Path, settings: dict[str, Any], overwrite: bool, what: str) -> bool:
+    """Record ``settings`` in ``path``; refuse if it already records different ones.
+
+    Returns True when the folder held other settings and ``overwrite`` allows replacing them
+    (the caller then clears the old outputs). Raises :class:`RunConflictError` naming the
+    changed settings otherwise.
+    """
+    path = Path(path)
+    replaced = False
+    if path.is_file():
+        previous = load_json(path)
+        if previous != settings:
+            changed = ", ".join(changed_keys(previous, settings))
+            if not overwrite:
+                raise RunConflictError(
+                    f"{path.parent} holds {what} made with other settings (changed: {changed}); "
+                    "choose another output dir or pass overwrite=true to replace them"
+                )
+            log.warning("overwrite=true: replacing %s of other settings in %s (changed: %s)", what, path.parent, changed)
+            replaced = True
+    if replaced or not path.is_file():
+        write_json(path, settings)
+    return replaced
+
+
+def settings_key(settings: dict[str, Any]) -> str:
+    """A short stable hash of ``settings`` (JSON with sorted keys) and the cache format."""
+    text = json.dumps({"format": CACHE_FORMAT, "settings": settings}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cache_entry(cache_dir: str | Path, kind: str, settings: dict[str, Any]) -> Path:
+    """``<cache_dir>/<kind>/<key>``: where outputs of ``settings`` are kept (created)."""
+    folder = Path(cache_dir).expanduser() / kind / settings_key(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@contextmanager
+def job_lock(path: str | Path, what: str) -> Iterator[None]:
+    """Hold an exclusive file lock on ``path`` while computing ``what``; wait (and say so) if taken."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("another job is computing %s (lock %s); waiting to reuse its results", what, path)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def shard_range(n: int, index: int, count: int) -> range:
+    """The contiguous block of ``range(n)`` that shard ``index`` of ``count`` owns."""
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"discovery shard {index} of {count}: need 0 <= shard.index < shard.count")
+    start, stop = n * index // count, n * (index + 1) // count
+    return range(start, stop)
