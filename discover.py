@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from datus.io import load_json
 from datus.pipeline import run_pipeline
 from datus.utils import finish_loggers, instantiate_loggers, refinement_config, seed_everything
-from datus.utils.logging import log_evaluation
+from datus.utils.logging import evaluation_metrics, log_results, summary_metrics
 from datus.utils.refinement import run_refinement
 
 log = logging.getLogger("datus")
@@ -59,8 +59,11 @@ def main(cfg: DictConfig) -> float | None:
         return None
     loggers = instantiate_loggers(cfg.logger)
     metrics = summary.get("metrics")
+    logged = summary_metrics(summary)
     if metrics:
-        log_evaluation(loggers, cfg, load_json(out_dir / "metrics.json"), out_dir, prefix="pseudo_masks/")
+        logged.update(evaluation_metrics(load_json(out_dir / "metrics.json"), prefix="pseudo_masks/"))
+    pictures = [out_dir / "confusion_matrix.png", out_dir / "samples.png", *sorted((out_dir / "pictures").glob("*.png"))]
+    log_results(loggers, cfg, logged, pictures)
     log.info("outputs: %s (pseudo_masks/, pseudo_masks_color/, summary.json%s)",
              out_dir, ", metrics.json" if metrics else "")
     result = metrics["miou"] if metrics else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 
@@ -44,10 +45,12 @@ def mixed_root(tmp_path_factory):
     return data_dir
 
 
-def _multirun(sweep, *args):
+def _multirun(sweep, *args, cache=None):
+    cache = cache or sweep.parent / "cache"
     proc = subprocess.run(
         [sys.executable, "discover.py", "-m", "backbone=tiny_vit", "resize.size=64", "logger=csv",
-         "num_pictures=1", "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep}", *args],
+         "num_pictures=1", "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep}",
+         f"paths.cache_dir={cache}", *args],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1500,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -80,3 +83,51 @@ def test_k_sweep_through_submitit_and_the_report(tmp_path, mixed_root):
     assert sorted(int(r["k"]) for r in rows) == [2, 4] and {r["backbone"] for r in rows} == {"tiny_vit"}
     assert all(0 <= float(r["miou"]) <= 100 for r in rows)
     assert (sweep / "report.png").is_file() and "| tiny_vit |" in (sweep / "report.md").read_text().replace("|  ", "| ")
+
+
+def _jobs(sweep):
+    return sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def test_wandb_offline_one_run_per_job_grouped_by_sweep(tmp_path, mixed_root):
+    sweep = tmp_path / "wb_sweep"
+    _multirun(sweep, "logger=wandb", "dataset=camvid", f"paths.data_dir={mixed_root}", "dataset.split=val",
+              "labeling.k=2,3")
+    runs = []
+    for job in _jobs(sweep):
+        found = list((job / "wandb").glob("offline-run-*/run-*.wandb"))
+        assert len(found) == 1, job.name  # wandb.finish() between jobs: one run each, in the job's dir
+        runs.append(found[0])
+        record = found[0].read_bytes()  # the offline run file that `wandb sync` uploads
+        assert b"discover-wb_sweep" in record  # group: task + sweep
+        for key in (b"pseudo_masks/miou", b"pseudo_masks/pixel_accuracy", b"discovery/valid_segments_per_image"):
+            assert key in record, key
+        assert list(found[0].parent.glob("files/media/images/*.png"))  # confusion matrix, samples, pictures
+    assert len(runs) == 2 and runs[0].parent.name != runs[1].parent.name
+
+
+def test_sharded_discovery_then_one_labelling_job(tmp_path, mixed_root):
+    """What slurm/discover_array.sbatch does: N shard tasks of stage=segments, then stage=labels."""
+    common = ["dataset=camvid", f"paths.data_dir={mixed_root}", "dataset.split=val", "labeling.k=3"]
+    _multirun(tmp_path / "shards", "stage=segments", "shard.count=2", "shard.index=0,1", *common,
+              cache=tmp_path / "cache")
+    _multirun(tmp_path / "merge", "stage=labels", *common, cache=tmp_path / "cache")
+    (job,) = _jobs(tmp_path / "merge")
+    assert len(list((job / "pseudo_masks").glob("*.png"))) == 3 and (job / "metrics.json").is_file()
+    entries = list((tmp_path / "cache" / "discovery").iterdir())
+    assert len(entries) == 1 and len(list((entries[0] / "segments").glob("shard-*.npz"))) == 2
+
+
+def test_refine_true_chains_the_refinement(tmp_path, mixed_root):
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "discover.py", "backbone=tiny_vit", "resize.size=64", "logger=csv", "num_pictures=0",
+         "dataset=camvid", f"paths.data_dir={mixed_root}", "dataset.split=train", "labeling.k=3",
+         "trainer.enable_progress_bar=false", f"hydra.run.dir={out}", f"paths.cache_dir={tmp_path / 'cache'}",
+         "refine=true", "refine_overrides=['debug=fdr','predict=true','trainer.enable_progress_bar=false']"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads((out / "refine" / "train_summary.json").read_text())
+    assert summary["k"] == 3 and summary["rounds"][0]["pseudo_masks"] == str(out / "pseudo_masks")
+    assert len(list((out / "refine" / "refined" / "pseudo_masks").glob("*.png"))) == 3

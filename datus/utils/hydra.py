@@ -42,12 +42,12 @@ def refinement_config(cfg: DictConfig, out_dir: Path) -> DictConfig:
 
     train_cfg = compose("train", overrides=list(cfg.refine_overrides))
     with open_dict(train_cfg):
-        train_cfg.dataset = cfg.dataset
+        train_cfg.dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
+        train_cfg.paths = {**OmegaConf.to_container(cfg.paths, resolve=True), "output_dir": str(out_dir / "refine")}
         train_cfg.train_split = cfg.dataset.get("split", train_cfg.train_split)
         train_cfg.pseudo_masks = str(out_dir / "pseudo_masks")
         train_cfg.k = int(cfg.labeling.k)
         train_cfg.seed = cfg.seed
-        train_cfg.paths.output_dir = str(out_dir / "refine")
     return train_cfg
 
 
