@@ -64,8 +64,11 @@ def main(cfg: DictConfig) -> float | None:
         logged.update(evaluation_metrics(load_json(out_dir / "metrics.json"), prefix="pseudo_masks/"))
     pictures = [out_dir / "confusion_matrix.png", out_dir / "samples.png", *sorted((out_dir / "pictures").glob("*.png"))]
     log_results(loggers, cfg, logged, pictures)
-    log.info("outputs: %s (pseudo_masks/, pseudo_masks_color/, summary.json%s)",
-             out_dir, ", metrics.json" if metrics else "")
+    if cfg.stage == "segments":
+        log.info("segments: %s (then run stage=labels)", summary.get("segments_dir"))
+    else:
+        log.info("outputs: %s (pseudo_masks/, pseudo_masks_color/, summary.json%s)",
+                 out_dir, ", metrics.json" if metrics else "")
     result = metrics["miou"] if metrics else None
     if cfg.refine and cfg.stage != "segments":
         history = run_refinement(refinement_config(cfg, out_dir), loggers=loggers)
