@@ -60,3 +60,15 @@ def test_sharded_discovery_templates_end_to_end(tmp_path, mixed_root):  # noqa: 
     labels = json.loads((out / "labels" / "summary.json").read_text())
     assert labels["labeling"]["images"] == 3 and "miou" in labels["metrics"]
     assert len(list((out / "labels" / "pseudo_masks").glob("*.png"))) == 3
+
+
+def test_submitit_slurm_launcher_config(tmp_path):
+    """hydra/launcher=slurm_gpu: one SLURM job per multirun job, submitit requeues, Lightning does not."""
+    from tests.conftest import compose_config
+
+    cfg = compose_config("discover", ["hydra/launcher=slurm_gpu", "trainer=slurm"], tmp_path)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert launcher.gpus_per_node == 1 and launcher.tasks_per_node == cfg.trainer.devices  # Lightning's rule
+    assert launcher.max_num_timeout > 0 and launcher.mem_gb and launcher.timeout_min and launcher.cpus_per_task
+    assert cfg.trainer.plugins[0].auto_requeue is False  # only one of them handles requeue
