@@ -12,6 +12,7 @@ from datus.pipeline import run_pipeline
 from datus.utils import finish_loggers, instantiate_loggers, refinement_config, seed_everything
 from datus.utils.logging import evaluation_metrics, log_results, summary_metrics
 from datus.utils.refinement import run_refinement
+from datus.utils.signals import exit_on_sigterm
 
 log = logging.getLogger("datus")
 
@@ -31,6 +32,7 @@ def cache_settings(container: dict) -> dict:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="discover")
 def main(cfg: DictConfig) -> float | None:
+    exit_on_sigterm()
     seed_everything(cfg.seed)
     out_dir = Path(cfg.paths.output_dir)
     # Build the cheap, validating objects first: a bad config fails before the backbone loads.
@@ -64,6 +66,8 @@ def main(cfg: DictConfig) -> float | None:
         logged.update(evaluation_metrics(load_json(out_dir / "metrics.json"), prefix="pseudo_masks/"))
     pictures = [out_dir / "confusion_matrix.png", out_dir / "samples.png", *sorted((out_dir / "pictures").glob("*.png"))]
     log_results(loggers, cfg, logged, pictures)
+    if (out_dir / "pictures").is_dir():
+        log.info("pictures: %s", out_dir / "pictures")
     if cfg.stage == "segments":
         log.info("segments: %s (then run stage=labels)", summary.get("segments_dir"))
     else:

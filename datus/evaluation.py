@@ -8,7 +8,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from datus.data import SegmentationDataset
+from datus.data import (
+    DEFAULT_MAX_PIXELS,
+    ImageReadError,
+    SegmentationDataset,
+    read_image,
+)
 from datus.labeling.masks import read_mask
 from datus.metrics import UNLABELLED, ClusterConfusion
 
@@ -24,6 +29,14 @@ def _read_png(path: Path) -> np.ndarray:
         raise EvaluationError(str(err)) from err
 
 
+def _read_picture(path: Path, max_pixels: int | None) -> np.ndarray | None:
+    """The image for samples.png, or None when it cannot be read (discovery skipped and named it)."""
+    try:
+        return read_image(path, max_pixels)
+    except ImageReadError:
+        return None
+
+
 def evaluate_masks(
     dataset: SegmentationDataset,
     masks_dir: str | Path,
@@ -35,7 +48,8 @@ def evaluate_masks(
     """Score ``masks_dir/<stem>.png`` for every image of ``dataset``; returns (metrics, samples).
 
     A mask whose size differs from its ground truth is an error (never silently resized).
-    Missing masks are an error naming them, unless ``allow_missing`` (then all-unlabelled).
+    Missing masks are an error naming them, unless ``allow_missing`` (then all-unlabelled, as
+    for images that discovery skipped because they could not be read: their ground truth counts).
     ``num_clusters`` defaults to the largest label found + 1.
     """
     masks_dir = Path(masks_dir)
@@ -60,7 +74,7 @@ def evaluate_masks(
         num_clusters = max(found, 2)
     metric = ClusterConfusion(num_clusters, list(dataset.classes), protocol=protocol)
     samples: list[dict[str, np.ndarray]] = []
-    for i, sample in enumerate(dataset.samples):
+    for sample in dataset.samples:
         truth = dataset.read_mask(sample)
         if sample.stem in missing:
             pred = np.full(truth.shape, UNLABELLED, dtype=np.uint8)
@@ -75,10 +89,10 @@ def evaluate_masks(
             if bad.any():
                 raise EvaluationError(f"mask {paths[sample.stem]} has labels >= k={num_clusters}")
         metric.update(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(truth))
-        if i < num_samples:
-            from datus.data import read_image
-
-            samples.append({"stem": sample.stem, "image": read_image(sample.image), "truth": truth, "pred": pred})
+        if len(samples) < num_samples:
+            image = _read_picture(sample.image, getattr(dataset, "max_pixels", DEFAULT_MAX_PIXELS))
+            if image is not None:
+                samples.append({"stem": sample.stem, "image": image, "truth": truth, "pred": pred})
     result = metric.compute()
     result["images"] = len(paths)
     result["missing_masks"] = missing
@@ -158,7 +172,7 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [f"{'class':<16}{'IoU':>8}{'prec.':>8}{'recall':>8}"]
     for name, iou in result["per_class_iou"].items():
         p, r = result["per_class_precision"][name], result["per_class_recall"][name]
-        fmt = lambda v: "   -   " if v is None else f"{100 * v:7.1f}"  # noqa: E731
+        fmt = lambda v: "   -   " if v is None else f"{100 * v:7.1f}"
         lines.append(f"{name:<16}{fmt(iou):>8}{fmt(p):>8}{fmt(r):>8}")
     lines.append(f"{'mIoU':<16}{100 * result['miou']:8.1f}   pixel acc. {100 * result['pixel_accuracy']:.1f}"
                  f"   mean F1 {100 * result['mean_f1']:.1f}   coverage {100 * result['coverage']:.1f}")

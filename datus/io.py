@@ -4,11 +4,56 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
+
+
+#: Suffix of the temporary files behind atomic writes (``.<name>.<host>.<pid>.<random>.tmp``).
+TMP_SUFFIX = ".tmp"
+
+
+def _owner() -> str:
+    return f"{socket.gethostname().replace('.', '_')}.{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | Path, max_age_s: float = 86400.0) -> list[Path]:
+    """Delete temporary files that a killed process left in ``folder`` (recursively); returns them.
+
+    A SIGKILL cannot be caught, so the next run cleans up: a temporary file is stale when its
+    writer (host and pid are in its name) is no longer running on this host, or, written from
+    another host, when it is older than ``max_age_s``. Live writers' files are left alone.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    host = socket.gethostname().replace(".", "_")
+    removed = []
+    for path in folder.rglob(f".*{TMP_SUFFIX}"):
+        parts = path.name.split(".")
+        try:
+            owner_host, pid = parts[-4], int(parts[-3])
+        except (IndexError, ValueError):
+            continue  # not one of ours
+        stale = (not _alive(pid)) if owner_host == host else time.time() - path.stat().st_mtime > max_age_s
+        if stale:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 @contextmanager
@@ -16,7 +61,7 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
     """Open a temporary file beside ``path`` for binary writing; rename it over ``path`` on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_owner()}.", suffix=TMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f

@@ -20,7 +20,7 @@ from datus.data import SegmentationDataset, SkipUnreadable
 from datus.discovery import SceneDecomposer, SegmentStore, run_discovery
 from datus.discovery.module import collate_items, read_skipped
 from datus.evaluation import evaluate_masks, format_table, write_report
-from datus.io import atomic_write, load_json, write_json
+from datus.io import atomic_write, load_json, remove_stale_temporaries, write_json
 from datus.labeling import ArrayStore, ArrayWriter, KMeans, PatchTokens, SegmentEmbedder, label_patches, run_labeling
 from datus.runs import cache_entry, check_settings, job_lock, settings_key, shard_range
 
@@ -151,11 +151,13 @@ def run_pipeline(
     out_dir = Path(out_dir)
     settings = settings or {}
     _claim_output_dir(out_dir, run_settings if run_settings is not None else settings, overwrite)
+    remove_stale_temporaries(out_dir)  # left by a killed run (SIGKILL cannot be caught)
     summary: dict[str, Any] = {}
 
     if method == "kmeans_patches":
         key = {**{k: v for k, v in settings.items() if k != "graph"}, "patch_feature": patch_feature}
         work = cache_entry(cache_dir, "patch_features", key) if cache_dir else out_dir
+        remove_stale_temporaries(work)
         store = ArrayStore(work / f"patch_{patch_feature}")
         with job_lock(work / f".lock-rank{global_rank()}", f"patch features in {work}"):
             computed = _predict_missing(PatchTokens(backbone, patch_feature), dataset, store, make_trainer,
@@ -168,6 +170,7 @@ def run_pipeline(
         summary["labeling"]["patch_feature"] = patch_feature
     else:
         work = cache_entry(cache_dir, "discovery", settings) if cache_dir else out_dir
+        remove_stale_temporaries(work)
         segments = SegmentStore(work / "segments")
         if stage in ("all", "segments"):
             if decomposer is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 
@@ -18,12 +20,12 @@ class ResizeForBackbone:
 
     def __init__(self, size: int, patch_size: int, mode: str = "short_side") -> None:
         if mode not in ("square", "short_side"):
-            raise ValueError(f"resize mode {mode!r}: choose 'square' or 'short_side'")
-        if size < patch_size:
-            raise ValueError(f"resize size {size} is smaller than the patch size {patch_size}")
+            raise ValueError(f"resize.mode={mode!r}: choose 'square' or 'short_side'")
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < patch_size:
+            raise ValueError(f"resize.size={size!r} must be a whole number of pixels >= the patch size {patch_size}")
         if mode == "square" and size % patch_size:
             raise ValueError(
-                f"square resize size {size} is not a multiple of the patch size {patch_size}; "
+                f"resize.size={size} (resize.mode=square) is not a multiple of the patch size {patch_size}; "
                 f"use {size // patch_size * patch_size} or {(size // patch_size + 1) * patch_size}"
             )
         self.size, self.patch_size, self.mode = int(size), int(patch_size), mode

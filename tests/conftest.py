@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,5 @@ def pytest_configure(config):
     # Keep tests offline and quiet whatever the user's environment says.
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Subprocess runs that pass no paths.cache_dir must not write into the user's ~/.cache.
+    os.environ["DATUS_CACHE"] = tempfile.mkdtemp(prefix="datus_test_cache_")

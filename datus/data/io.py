@@ -8,36 +8,69 @@ files fail here, with their path, instead of deep inside a DataLoader worker.
 
 from __future__ import annotations
 
+import numbers
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from datus.data.errors import DatasetError, ImageReadError
 
-__all__ = ["IMAGE_EXTENSIONS", "read_image", "read_label_image", "image_size", "to_index_map"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "check_max_pixels",
+    "image_size",
+    "read_image",
+    "read_label_image",
+    "to_index_map",
+]
 
 #: File suffixes (lower case) treated as images when listing folders.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+
+#: Largest image (width x height) decoded by default: 50 MP is above every common camera
+#: (48 MP phones included) and keeps one decoded image and its float copy for resizing under
+#: ~1 GB; larger files are refused from their header, before any pixel is decoded.
+DEFAULT_MAX_PIXELS: int = 50_000_000
 
 T = TypeVar("T")
 
 _READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, UnidentifiedImageError, Image.DecompressionBombError)
 
 
-def _decode(path: Path, convert: Callable[[Image.Image], T]) -> T:
+def check_max_pixels(value: float | None, setting: str = "dataset.max_pixels") -> int | None:
+    """Validate a pixel limit: a positive whole number (``5e7`` allowed) or None for no limit."""
+    if value is None:
+        return None
+    whole = isinstance(value, numbers.Integral) or (isinstance(value, numbers.Real) and float(value).is_integer())
+    if isinstance(value, bool) or not whole or value < 1:
+        raise DatasetError(f"{setting}={value!r} must be a positive whole number of pixels, or null for no limit")
+    return int(value)
+
+
+def _decode(path: Path, convert: Callable[[Image.Image], T], max_pixels: int | None = None) -> T:
     """Open ``path``, force full decoding and apply ``convert`` while the file is open.
 
     Truncated, empty and non-image files raise :class:`ImageReadError` here,
-    naming the path, instead of failing later inside a DataLoader worker.
+    naming the path, instead of failing later inside a DataLoader worker. Files
+    of more than ``max_pixels`` pixels are refused from their header, before decoding.
     """
     try:
         if path.is_file() and path.stat().st_size == 0:
             raise ImageReadError(f"cannot read image {path}: the file is empty (0 bytes)")
         with Image.open(path) as im:
+            width, height = im.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageReadError(
+                    f"cannot read image {path}: {width}x{height} is {width * height / 1e6:.1f} MP, more than "
+                    f"dataset.max_pixels={max_pixels} ({max_pixels / 1e6:g} MP); downscale the file or raise "
+                    "dataset.max_pixels (null: no limit)"
+                )
             with warnings.catch_warnings():
                 # palette+transparency warnings: handled by converting through RGBA
                 warnings.simplefilter("ignore", UserWarning)
@@ -90,14 +123,19 @@ def _to_rgb_array(im: Image.Image) -> np.ndarray:
     return np.repeat(gray[..., None], 3, axis=2)
 
 
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read any image file as a (H, W, 3) uint8 **RGB** array, EXIF orientation applied.
 
     Grayscale, alpha, palette, 16-bit, float, CMYK and 1-bit files are all
-    converted; 16-bit data is scaled (/257), never clipped. Unreadable files
-    raise :class:`ImageReadError` naming the path.
+    converted; 16-bit data is scaled (/257), never clipped. Unreadable files, and
+    files of more than ``max_pixels`` pixels (None: no limit of ours; PIL's own
+    decompression-bomb guard, ~179 MP, stays), raise :class:`ImageReadError` naming the path.
     """
-    return _decode(Path(path), lambda im: np.ascontiguousarray(_to_rgb_array(ImageOps.exif_transpose(im))))
+    return _decode(
+        Path(path),
+        lambda im: np.ascontiguousarray(_to_rgb_array(ImageOps.exif_transpose(im))),
+        check_max_pixels(max_pixels),
+    )
 
 
 def read_label_image(path: str | os.PathLike[str]) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Keep a long run alive through bad files: unreadable items become named, skipped records."""
+"""Keep a long run alive through bad image files: unreadable items become named, skipped records."""
 
 from __future__ import annotations
 
@@ -6,14 +6,16 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from datus.data.errors import DatasetError
+from datus.data.errors import DatasetError, MaskError
 
 
 class SkipUnreadable(Dataset):
-    """Wrap a dataset so an item that cannot be read returns ``{"stem", "index", "error"}``.
+    """Wrap a dataset so an image that cannot be read returns ``{"stem", "index", "error"}``.
 
     Images smaller than ``min_size`` pixels on a side (less than one patch) are skipped the
-    same way, with the reason. Everything else (including bugs) still raises.
+    same way; every ``error`` names the file and the reason. A bad *mask* (:class:`MaskError`)
+    still raises: skipping its image would silently change what is evaluated. Everything
+    else (including bugs) raises too.
     """
 
     def __init__(self, dataset: Dataset, min_size: int = 1) -> None:
@@ -23,9 +25,16 @@ class SkipUnreadable(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def _file(self, index: int, stem: str) -> str:
+        """The image's file path when the dataset lists its samples, else its stem."""
+        samples = getattr(self.dataset, "samples", None)
+        return str(samples[index].image) if samples is not None else stem
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         try:
             item = self.dataset[index]
+        except MaskError:
+            raise
         except DatasetError as err:
             sample = self.dataset.samples[index]
             return {"stem": sample.stem, "index": int(index), "error": str(err)}
@@ -34,6 +43,7 @@ class SkipUnreadable(Dataset):
             return {
                 "stem": item["stem"],
                 "index": int(index),
-                "error": f"image {width}x{height} is smaller than one patch ({self.min_size} px)",
+                "error": f"image {self._file(index, item['stem'])} is {width}x{height}, smaller than one patch "
+                f"({self.min_size} px): nothing to decompose",
             }
         return item

@@ -18,7 +18,7 @@ from datus.data.files import list_images, pair_samples, require_dir
 from datus.data.io import read_image
 from datus.data.sample import Sample
 
-__all__ = ["SUIM", "SUIM_FINE_CLASSES", "SUIM_COARSE_CLASSES"]
+__all__ = ["SUIM", "SUIM_COARSE_CLASSES", "SUIM_FINE_CLASSES"]
 
 #: The 8 SUIM categories; index = colour code R*4 + G*2 + B.
 SUIM_FINE_CLASSES: tuple[str, ...] = (

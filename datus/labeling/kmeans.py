@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import io
 import math
+import numbers
 from pathlib import Path
 
 import numpy as np
 
 from datus.io import atomic_write
+
+
+def _whole(setting: str, value: object, minimum: int, hint: str = "") -> int:
+    """``value`` as an int if it is a whole number >= ``minimum``; else an error naming ``setting``."""
+    whole = isinstance(value, numbers.Integral) or (isinstance(value, numbers.Real) and float(value).is_integer())
+    if isinstance(value, bool) or not whole or value < minimum:
+        raise ValueError(f"{setting}={value!r} must be a whole number >= {minimum} {hint}".rstrip())
+    return int(value)
 
 
 class KMeans:
@@ -37,9 +46,15 @@ class KMeans:
         max_points_per_centroid: int | None = None,
         gpu: bool | str = "auto",
     ) -> None:
-        if int(k) < 2:
-            raise ValueError(f"labeling.k={k} must be >= 2")
-        self.k, self.niter, self.nredo, self.seed = int(k), int(niter), int(nredo), int(seed)
+        k = _whole("labeling.k", k, 2, "(the number of clusters)")
+        niter = _whole("labeling.kmeans.niter", niter, 1)
+        nredo = _whole("labeling.kmeans.nredo", nredo, 1)
+        if pca_dim is not None:
+            pca_dim = _whole("labeling.kmeans.pca_dim", pca_dim, 1, "(or null: no PCA)")
+        if max_points_per_centroid is not None:
+            max_points_per_centroid = _whole("labeling.kmeans.max_points_per_centroid", max_points_per_centroid, 1,
+                                             "(or null: every point)")
+        self.k, self.niter, self.nredo, self.seed = k, niter, nredo, int(seed)
         self.spherical, self.pca_dim, self.whiten = bool(spherical), pca_dim, bool(whiten)
         self.center = bool(center)
         self.max_points_per_centroid = max_points_per_centroid
@@ -80,7 +95,7 @@ class KMeans:
             proj = proj / np.maximum(s[:dim] / math.sqrt(max(len(x) - 1, 1)), 1e-6)
         self.projection = proj.astype(np.float32)
 
-    def fit(self, features: np.ndarray, weights: np.ndarray | None = None) -> "KMeans":
+    def fit(self, features: np.ndarray, weights: np.ndarray | None = None) -> KMeans:
         """Cluster ``features`` (optionally weighted, e.g. by segment size); needs ``k`` points."""
         import faiss
 
@@ -124,7 +139,7 @@ class KMeans:
         return atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
     @classmethod
-    def load(cls, path: str | Path) -> "KMeans":
+    def load(cls, path: str | Path) -> KMeans:
         with np.load(path, allow_pickle=False) as z:
             km = cls(k=max(2, len(z["centroids"])), spherical=bool(z["spherical"]))
             km.centroids = z["centroids"]

@@ -9,7 +9,7 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from datus.io import write_json
+from datus.io import remove_stale_temporaries, write_json
 from datus.refine import PseudoMaskDataModule, PseudoMaskError, RefineModule, predict_split
 from datus.refine.data import read_label_png
 from datus.utils.hydra import instantiate_loggers, seed_everything
@@ -52,6 +52,7 @@ def run_refinement(cfg: DictConfig, loggers: list | None = None) -> list[dict]:
     if not masks.is_dir():
         raise PseudoMaskError(f"pseudo_masks={masks}: no such folder")
     out_dir = Path(cfg.paths.output_dir)
+    remove_stale_temporaries(out_dir)
     train_set = instantiate(cfg.dataset, split=cfg.train_split)
     val_set = instantiate(cfg.dataset, split=cfg.val_split) if cfg.val_split else None
     k = int(cfg.k) if cfg.k else infer_k(masks)
