@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -69,25 +72,29 @@ def _command(photos, out, *args):
             "data.crop_size=64", "data.eval_short_side=64", "data.batch_size=2", f"hydra.run.dir={out}", *args]
 
 
-def test_a_killed_run_resumes_exactly_from_its_last_checkpoint(photos, tmp_path):
-    """Preemption: SIGKILL after the first epoch's checkpoint, rerun with ckpt_path=last."""
-    import os
-    import signal
-    import time
-
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_killed_run_resumes_exactly_from_its_last_checkpoint(photos, tmp_path, sig):
+    """Preemption after the first epoch's checkpoint; ckpt_path=last ends with the uninterrupted run's weights."""
     last = tmp_path / "checkpoints" / "last.ckpt"
     proc = subprocess.Popen(_command(photos, tmp_path, "trainer.max_epochs=3"), cwd=PROJECT_ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 600
     while not last.is_file() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    time.sleep(1.0)  # let the checkpoint be complete
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+        time.sleep(0.05)
+    time.sleep(1.0)  # into the second epoch
+    os.kill(proc.pid, sig)
+    output, _ = proc.communicate(timeout=300)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 143 and "rerun with ckpt_path=last to resume" in output, output[-3000:]
     first = torch.load(last, weights_only=True)
     if first["epoch"] >= 2:
         pytest.skip("the run finished before it could be killed")
+    temporaries = lambda: [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]  # noqa: E731
+    if sig == signal.SIGTERM:
+        assert not temporaries()
     _train(photos, tmp_path, "trainer.max_epochs=3", "ckpt_path=last")
+    assert not temporaries()  # a SIGKILLed writer's temporary file is removed by the rerun
     final = torch.load(last, weights_only=True)
     _train(photos, tmp_path / "clean", "trainer.max_epochs=3")  # the same run, never interrupted
     clean = torch.load(tmp_path / "clean" / "checkpoints" / "last.ckpt", weights_only=True)
@@ -96,6 +103,8 @@ def test_a_killed_run_resumes_exactly_from_its_last_checkpoint(photos, tmp_path)
     adam = lambda c: {float(s["step"]) for s in c["optimizer_states"][0]["state"].values()}  # noqa: E731
     assert adam(final) == adam(clean) == {float(clean["global_step"])}  # AdamW's moments carried over
     assert final["lr_schedulers"][0]["last_epoch"] == clean["lr_schedulers"][0]["last_epoch"]  # the schedule too
+    for name, weight in clean["state_dict"].items():  # same crops, flips and batch order: same weights
+        assert torch.equal(final["state_dict"][name], weight), name
     assert (tmp_path / "checkpoints" / "best.ckpt").is_file()
 
 

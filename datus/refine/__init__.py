@@ -1,5 +1,6 @@
 """Refinement (DatUS² step 7): a DeepLabV3 trained on the pseudo masks de-noises them."""
 
+from datus.refine.callbacks import RandomStateCheckpoint
 from datus.refine.data import PairedMasks, PseudoMaskDataModule, PseudoMaskError
 from datus.refine.model import build_segmenter, list_models
 from datus.refine.module import RefineModule
@@ -9,6 +10,7 @@ __all__ = [
     "PairedMasks",
     "PseudoMaskDataModule",
     "PseudoMaskError",
+    "RandomStateCheckpoint",
     "RefineModule",
     "build_segmenter",
     "list_models",

@@ -116,7 +116,9 @@ class PseudoMaskDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=len(self.train_set) > self.batch_size,
-                          num_workers=self.num_workers, collate_fn=_collate, persistent_workers=self.num_workers > 0)
+                          num_workers=self.num_workers, collate_fn=_collate,
+                          # fresh workers each epoch, seeded from the main generator: exact resume
+                          persistent_workers=False)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:
