@@ -19,6 +19,7 @@ from datus.backbones import Backbone
 from datus.data import SegmentationDataset, SkipUnreadable
 from datus.discovery import SceneDecomposer, SegmentStore, run_discovery
 from datus.discovery.module import collate_items, read_skipped
+from datus.discovery.store import SegmentLookup
 from datus.evaluation import evaluate_masks, format_table, write_report
 from datus.io import atomic_write, load_json, remove_stale_temporaries, write_json
 from datus.labeling import ArrayStore, ArrayWriter, KMeans, PatchTokens, SegmentEmbedder, label_patches, run_labeling
@@ -29,6 +30,16 @@ log = logging.getLogger(__name__)
 METHODS = ("datus", "kmeans_patches")
 STAGES = ("all", "segments", "labels")
 SEGMENT_FEATURES = ("mean", "crop")
+
+
+def check_choices(method: str, stage: str, segment_features: str) -> None:
+    """Refuse unknown ``method``, ``stage`` or ``labeling.features`` values, naming the setting."""
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}: choose one of {METHODS}")
+    if stage not in STAGES:
+        raise ValueError(f"stage={stage!r}: choose one of {STAGES}")
+    if segment_features not in SEGMENT_FEATURES:
+        raise ValueError(f"labeling.features={segment_features!r}: choose one of {SEGMENT_FEATURES}")
 
 
 def global_rank() -> int:
@@ -138,12 +149,7 @@ def run_pipeline(
     (``stage=segments``); ``stage=labels`` then clusters the whole split. Under DDP every rank
     runs the backbone passes and returns ``{}``; rank 0 clusters, writes and evaluates.
     """
-    if method not in METHODS:
-        raise ValueError(f"method={method!r}: choose one of {METHODS}")
-    if stage not in STAGES:
-        raise ValueError(f"stage={stage!r}: choose one of {STAGES}")
-    if segment_features not in SEGMENT_FEATURES:
-        raise ValueError(f"labeling.features={segment_features!r}: choose one of {SEGMENT_FEATURES}")
+    check_choices(method, stage, segment_features)
     indices = shard_range(len(dataset), shard_index, shard_count)
     if shard_count > 1 and (stage != "segments" or method != "datus"):
         raise ValueError(f"shard.count={shard_count} splits discovery only: use method=datus stage=segments, "
@@ -192,7 +198,7 @@ def run_pipeline(
             _check_complete(segments, dataset)
             features = None
             if segment_features == "crop":
-                records = {r.index: r for r in segments}
+                records = SegmentLookup(segments)
                 source = extractor or backbone
                 crop_key = {"extractor": source.name, "weights": getattr(source, "weights_source", None),
                             "crop_size": crop_size, "background": crop_background, "all_segments": fill}
@@ -202,7 +208,7 @@ def run_pipeline(
                 crop_store = ArrayStore(crop_dir)
                 with job_lock(work / f".lock-crops-rank{global_rank()}", f"segment crops in {crop_dir}"):
                     _predict_missing(embedder, dataset, crop_store, make_trainer, batch_size, num_workers,
-                                     shard_size, backbone.patch_size, indices=sorted(records))
+                                     shard_size, backbone.patch_size, indices=records.indices())
                 features = {i: f for i, (_, f, _) in crop_store.read().items()}
             if global_rank() != 0:
                 return {}

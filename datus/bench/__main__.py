@@ -1,4 +1,8 @@
-"""``python -m datus.bench discovery [--images N] [--out FILE] [overrides of conf/discover.yaml]``."""
+"""``python -m datus.bench discovery|memory [options] [overrides of conf/discover.yaml]``.
+
+  python -m datus.bench discovery --images 40 dataset=camvid dataset.root=DIR dataset.split=val
+  python -m datus.bench memory --images 50,367 dataset=camvid dataset.root=DIR dataset.split=train
+"""
 
 from __future__ import annotations
 
@@ -17,12 +21,36 @@ def main(argv: list[str] | None = None) -> None:
     disc.add_argument("--reference-images", type=int, default=10, help="images for slow python-louvain")
     disc.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON here")
     disc.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. dataset=camvid dataset.root=DIR")
+    mem = sub.add_parser("memory", help="peak RSS of discovery and labelling at two (or more) split sizes")
+    mem.add_argument("--images", default="50,367", help="comma-separated split sizes (first N images)")
+    mem.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON here")
+    mem.add_argument("--keep", type=Path, default=None, help="keep the runs' folders under this folder")
+    mem.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. dataset=camvid dataset.root=DIR")
+    child = sub.add_parser("memory-child", help=argparse.SUPPRESS)
+    child.add_argument("--images", type=int, required=True)
+    child.add_argument("--stage", required=True)
+    child.add_argument("--work", type=Path, required=True)
+    child.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
+
+    if args.bench == "memory-child":
+        from datus.bench.memory import child as run
+
+        print(json.dumps(run(args.images, args.stage, args.work, args.overrides)))
+        return
+    if args.bench == "memory":
+        from datus.bench.memory import bench_memory, format_memory
+
+        result = bench_memory(sorted(int(n) for n in args.images.split(",")), args.overrides, keep=args.keep)
+        print(format_memory(result))
+        if args.out:
+            write_json(args.out, result)
+            print(f"written: {args.out}")
+        return
 
     from hydra.utils import instantiate
 
     from datus.bench.discovery import bench_discovery, format_report
-
     from datus.utils.compose import compose_config
 
     cfg = compose_config("discover", args.overrides)

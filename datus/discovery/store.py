@@ -97,10 +97,57 @@ class SegmentStore:
             )
 
     def __iter__(self) -> Iterator[ImageSegments]:
-        """All stored images, in dataset order (an image stored twice, e.g. by two overlapping jobs, once)."""
-        records = {r.index: r for shard in reversed(self.shards()) for r in self.read_shard(shard)}
-        return iter([records[i] for i in sorted(records)])
+        """All stored images, in dataset order, one shard in memory at a time.
+
+        An image stored twice (e.g. by two overlapping jobs) is yielded once. Shards hold
+        contiguous index ranges per writer, so they are read in order of their first index.
+        """
+        shards = sorted(self.shards(), key=lambda p: (int(p.stem.split("-")[-1]), p.name))
+        seen: set[int] = set()
+        pending: list[ImageSegments] = []  # records of an earlier shard with larger indices (DDP strides)
+        for i, shard in enumerate(shards):
+            pending.extend(r for r in self.read_shard(shard) if r.index not in seen)
+            seen.update(r.index for r in pending)
+            nxt = int(shards[i + 1].stem.split("-")[-1]) if i + 1 < len(shards) else None
+            pending.sort(key=lambda r: r.index)
+            ready = [r for r in pending if nxt is None or r.index < nxt]
+            pending = [r for r in pending if not (nxt is None or r.index < nxt)]
+            yield from ready
+
+    def locate(self) -> dict[int, Path]:
+        """Dataset index -> the shard holding it (reads only the index arrays)."""
+        where: dict[int, Path] = {}
+        for shard in self.shards():
+            with np.load(shard, allow_pickle=False) as z:
+                for index in z["indices"]:
+                    where.setdefault(int(index), shard)
+        return where
 
     def done_indices(self) -> set[int]:
         """Dataset indices already in a finished shard (cheap: reads only the index arrays)."""
         return shard_indices(self.shards())
+
+
+class SegmentLookup:
+    """``lookup[index]`` -> that image's record, keeping one shard in memory (sequential access)."""
+
+    def __init__(self, store: SegmentStore) -> None:
+        self.store, self.where = store, store.locate()
+        self._shard: Path | None = None
+        self._records: dict[int, ImageSegments] = {}
+
+    def __contains__(self, index: int) -> bool:
+        return index in self.where
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+    def indices(self) -> list[int]:
+        return sorted(self.where)
+
+    def __getitem__(self, index: int) -> ImageSegments:
+        shard = self.where[index]
+        if shard != self._shard:
+            self._records = {r.index: r for r in self.store.read_shard(shard)}
+            self._shard = shard
+        return self._records[index]

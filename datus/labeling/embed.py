@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pytorch_lightning as pl
 import torch
@@ -55,7 +57,7 @@ def segment_crops(
 class SegmentEmbedder(pl.LightningModule):
     """Embeds every segment of each image (valid ones, or all when filling) by its crop's CLS."""
 
-    def __init__(self, extractor: Backbone, records: dict[int, ImageSegments], patch_size: int,
+    def __init__(self, extractor: Backbone, records: Mapping[int, ImageSegments], patch_size: int,
                  crop_size: int = 224, background: str = "black", all_segments: bool = True,
                  chunk: int = 64) -> None:
         super().__init__()

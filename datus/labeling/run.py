@@ -48,15 +48,6 @@ def write_pseudo_masks(out_dir: Path, masks: Iterable[tuple[str, np.ndarray, tup
     }
 
 
-def _pixel_coverage(records, labels_per_image) -> float:
-    covered = total = 0
-    for record, labels in zip(records, labels_per_image):
-        mask = upsample_labels(patch_labels(record.decomposition.segments, labels), record.orig_size)
-        covered += int((mask != UNLABELLED).sum())
-        total += mask.size
-    return covered / total if total else 0.0
-
-
 def run_labeling(
     store: SegmentStore,
     out_dir: str | Path,
@@ -72,53 +63,76 @@ def run_labeling(
     segments their nearest centroid (not used to fit it), so fewer pixels stay unlabelled.
     ``weighted=True`` weighs each segment by its size in patches, so k-means minimises the
     error per patch (as pixels are scored) rather than per segment.
+
+    Memory grows with the number of segments only: the store is streamed twice (features of
+    the valid segments to fit k-means, then labels and masks image by image), and per-patch
+    maps are never held for more than one shard.
     """
     out_dir = Path(out_dir)
-    records = list(store)
-    if not records:
-        raise ValueError(f"no segments in {store.folder}: run discovery first")
-    feats = [
-        np.asarray(segment_features[r.index] if segment_features is not None else r.decomposition.segment_features,
-                   dtype=np.float32)
-        for r in records
-    ]
-    valid = [r.decomposition.segment_valid for r in records]
-    train = np.concatenate([f[v] for f, v in zip(feats, valid)])
-    sizes = np.concatenate([r.decomposition.segment_sizes[v] for r, v in zip(records, valid)])
-    log.info("k-means: %d valid segments of %d images, k=%d", len(train), len(records), kmeans.k)
-    kmeans.fit(train, weights=sizes.astype(np.float32) if weighted else None)
-    labels = [kmeans.predict(f) if len(f) else np.zeros(0, dtype=np.int64) for f in feats]
-    strict = [np.where(v, lab, -1) for lab, v in zip(labels, valid)]
-    final = labels if fill else strict
 
+    def features_of(record) -> np.ndarray:
+        source = segment_features[record.index] if segment_features is not None else record.decomposition.segment_features
+        return np.asarray(source, dtype=np.float32)
+
+    chunks, sizes, images = [], [], 0
+    for record in store:  # pass 1: the valid segments' features (float16 until k-means needs float32)
+        valid = record.decomposition.segment_valid
+        chunks.append(np.asarray(features_of(record)[valid], dtype=np.float16))
+        sizes.append(record.decomposition.segment_sizes[valid].astype(np.float32))
+        images += 1
+    if not images:
+        raise ValueError(f"no segments in {store.folder}: run discovery first")
+    train = np.concatenate(chunks).astype(np.float32)
+    del chunks
+    weights = np.concatenate(sizes) if weighted else None
+    log.info("k-means: %d valid segments of %d images, k=%d", len(train), images, kmeans.k)
+    kmeans.fit(train, weights=weights)
+    segments_clustered = len(train)
+    del train, weights
+
+    indices, stems, final = [], [], []
+    covered_strict = total = 0
+
+    def masks():  # pass 2: every image's labels and mask, streamed
+        nonlocal covered_strict, total
+        for record in store:
+            dec = record.decomposition
+            feats = features_of(record)
+            labels = kmeans.predict(feats) if len(feats) else np.zeros(0, dtype=np.int64)
+            strict = np.where(dec.segment_valid, labels, -1)
+            chosen = labels if fill else strict
+            indices.append(record.index)
+            stems.append(record.stem)
+            final.append(chosen.astype(np.int16))
+            if fill:
+                mask = upsample_labels(patch_labels(dec.segments, strict), record.orig_size)
+                covered_strict += int((mask != UNLABELLED).sum())
+                total += mask.size
+            yield record.stem, patch_labels(dec.segments, chosen), record.orig_size
+
+    written = write_pseudo_masks(out_dir, masks(), kmeans.k)
     folder = out_dir / "labeling"
     kmeans.save(folder / "centroids.npz")
     arrays = {
-        "indices": np.array([r.index for r in records], dtype=np.int64),
-        "stems": np.array([r.stem for r in records], dtype=str),
+        "indices": np.array(indices, dtype=np.int64),
+        "stems": np.array(stems, dtype=str),
         "segment_offsets": np.cumsum([0] + [len(lab) for lab in final]).astype(np.int64),
         "labels": np.concatenate(final).astype(np.int16),
     }
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     atomic_write(folder / "assignments.npz", lambda f: f.write(buffer.getvalue()))
-
-    written = write_pseudo_masks(
-        out_dir,
-        ((r.stem, patch_labels(r.decomposition.segments, lab), r.orig_size) for r, lab in zip(records, final)),
-        kmeans.k,
-    )
     return {
         "method": "datus",
         "k": kmeans.k,
-        "images": len(records),
-        "segments_clustered": int(len(train)),
+        "images": images,
+        "segments_clustered": segments_clustered,
         "kmeans_points_used": kmeans.points_used,
         "kmeans_objective": kmeans.objective,
         "fill": fill,
         "weighted": weighted,
         "coverage": written["coverage"],
-        "coverage_without_fill": _pixel_coverage(records, strict) if fill else written["coverage"],
+        "coverage_without_fill": (covered_strict / total if total else 0.0) if fill else written["coverage"],
         "cluster_pixels": written["cluster_pixels"],
     }
 
