@@ -57,6 +57,19 @@ def remove_stale_temporaries(folder: str | Path, max_age_s: float = 86400.0) -> 
 
 
 @contextmanager
+def scratch_file(folder: str | Path, name: str) -> Iterator[Path]:
+    """A temporary file in ``folder`` (deleted afterwards; a killed run's is removed by the next)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.{_owner()}.", suffix=TMP_SUFFIX)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+@contextmanager
 def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
     """Open a temporary file beside ``path`` for binary writing; rename it over ``path`` on success."""
     path = Path(path)

@@ -209,3 +209,22 @@ def test_pipeline_on_camvid_writes_metrics_with_the_packaged_dinov2(tmp_path, ca
     assert metrics["coverage"] == 1.0 and len(metrics["per_class_iou"]) == 11
     for name in ("confusion_matrix.png", "samples.png"):
         assert (tmp_path / "out" / name).is_file()
+
+
+def test_a_huge_split_trains_kmeans_on_a_seeded_sample(tmp_path):
+    """labeling.kmeans.max_points_per_centroid bounds labelling's memory; every segment is still labelled."""
+    torch.manual_seed(0)
+    backbone = build_backbone("tiny_vit")
+    dataset = DemoImages(transform=ResizeForBackbone(64, backbone.patch_size))
+    decomposer = SceneDecomposer(Affinity(kind="cosine", debias="center", knn=8), Louvain("igraph"), min_patches=2)
+    runs = []
+    for out in (tmp_path / "a", tmp_path / "b"):
+        runs.append(run_pipeline(backbone=backbone, dataset=dataset, make_trainer=_trainer, out_dir=out,
+                                 kmeans=KMeans(3, seed=0, max_points_per_centroid=4), decomposer=decomposer,
+                                 batch_size=2, fill=True))
+    labeling = runs[0]["labeling"]
+    assert labeling["kmeans_points_used"] == 12 < labeling["segments_clustered"]
+    assert labeling["coverage"] == 1.0 and len(_masks(tmp_path / "a")) == 5
+    assert _masks(tmp_path / "a").keys() == _masks(tmp_path / "b").keys()
+    assert all(np.array_equal(m, _masks(tmp_path / "b")[s]) for s, m in _masks(tmp_path / "a").items())
+    assert not list((tmp_path / "a" / "labeling").glob(".*"))  # the scratch file is gone

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from datus.discovery.store import SegmentStore
-from datus.io import atomic_write
+from datus.io import atomic_write, scratch_file
 from datus.labeling.kmeans import KMeans
 from datus.labeling.masks import (
     UNLABELLED,
@@ -48,6 +48,19 @@ def write_pseudo_masks(out_dir: Path, masks: Iterable[tuple[str, np.ndarray, tup
     }
 
 
+def training_sample(count: int, kmeans: KMeans) -> np.ndarray | None:
+    """Sorted indices of the points k-means trains on, or None for all of them.
+
+    With ``labeling.kmeans.max_points_per_centroid`` set, at most ``k`` times that many points
+    are drawn (seeded) before anything is converted to float32, so labelling a huge split
+    needs memory for the sample, not for every segment; without it every point is used.
+    """
+    limit = None if kmeans.max_points_per_centroid is None else kmeans.k * kmeans.max_points_per_centroid
+    if limit is None or count <= limit:
+        return None
+    return np.sort(np.random.default_rng(kmeans.seed).choice(count, size=limit, replace=False))
+
+
 def run_labeling(
     store: SegmentStore,
     out_dir: str | Path,
@@ -64,9 +77,11 @@ def run_labeling(
     ``weighted=True`` weighs each segment by its size in patches, so k-means minimises the
     error per patch (as pixels are scored) rather than per segment.
 
-    Memory grows with the number of segments only: the store is streamed twice (features of
-    the valid segments to fit k-means, then labels and masks image by image), and per-patch
-    maps are never held for more than one shard.
+    Memory grows with the number of segments only: the store is streamed twice (the valid
+    segments' features go to a float16 scratch file that is memory-mapped, then labels and
+    masks are made image by image), and per-patch maps are never held for more than one shard.
+    k-means then needs float32 copies of every valid feature, or of a seeded sample of
+    ``k * max_points_per_centroid`` of them when that is set (the setting for huge splits).
     """
     out_dir = Path(out_dir)
 
@@ -74,20 +89,28 @@ def run_labeling(
         source = segment_features[record.index] if segment_features is not None else record.decomposition.segment_features
         return np.asarray(source, dtype=np.float32)
 
-    chunks, sizes, images = [], [], 0
-    for record in store:  # pass 1: the valid segments' features (float16 until k-means needs float32)
-        valid = record.decomposition.segment_valid
-        chunks.append(np.asarray(features_of(record)[valid], dtype=np.float16))
-        sizes.append(record.decomposition.segment_sizes[valid].astype(np.float32))
-        images += 1
-    if not images:
-        raise ValueError(f"no segments in {store.folder}: run discovery first")
-    train = np.concatenate(chunks).astype(np.float32)
-    del chunks
-    weights = np.concatenate(sizes) if weighted else None
-    log.info("k-means: %d valid segments of %d images, k=%d", len(train), images, kmeans.k)
+    sizes, images, count, dim = [], 0, 0, None
+    with scratch_file(out_dir / "labeling", "valid_features.f16") as spill:
+        with open(spill, "wb") as f:  # pass 1: the valid segments' features, float16, to disk
+            for record in store:
+                valid = record.decomposition.segment_valid
+                rows = np.ascontiguousarray(features_of(record)[valid], dtype=np.float16)
+                f.write(rows.tobytes())
+                count, dim = count + len(rows), rows.shape[1]
+                sizes.append(record.decomposition.segment_sizes[valid].astype(np.float32))
+                images += 1
+        if not images:
+            raise ValueError(f"no segments in {store.folder}: run discovery first")
+        stored = np.memmap(spill, dtype=np.float16, mode="r", shape=(count, dim)) if count else np.zeros((0, 1))
+        sample = training_sample(count, kmeans)
+        train = np.asarray(stored if sample is None else stored[sample], dtype=np.float32)
+        weights = np.concatenate(sizes) if weighted else None
+        if weights is not None and sample is not None:
+            weights = weights[sample]
+        del stored
+    log.info("k-means: %d valid segments of %d images (%d used), k=%d", count, images, len(train), kmeans.k)
     kmeans.fit(train, weights=weights)
-    segments_clustered = len(train)
+    segments_clustered = count
     del train, weights
 
     indices, stems, final = [], [], []
