@@ -22,7 +22,16 @@ from datus.discovery.module import collate_items, read_skipped
 from datus.discovery.store import SegmentLookup
 from datus.evaluation import evaluate_masks, format_table, write_report
 from datus.io import atomic_write, load_json, remove_stale_temporaries, write_json
-from datus.labeling import ArrayStore, ArrayWriter, KMeans, PatchTokens, SegmentEmbedder, label_patches, run_labeling
+from datus.labeling import (
+    ArrayLookup,
+    ArrayStore,
+    ArrayWriter,
+    KMeans,
+    PatchTokens,
+    SegmentEmbedder,
+    label_patches,
+    run_labeling,
+)
 from datus.runs import cache_entry, check_settings, job_lock, settings_key, shard_range
 
 log = logging.getLogger(__name__)
@@ -209,7 +218,7 @@ def run_pipeline(
                 with job_lock(work / f".lock-crops-rank{global_rank()}", f"segment crops in {crop_dir}"):
                     _predict_missing(embedder, dataset, crop_store, make_trainer, batch_size, num_workers,
                                      shard_size, backbone.patch_size, indices=records.indices())
-                features = {i: f for i, (_, f, _) in crop_store.read().items()}
+                features = ArrayLookup(crop_store)  # read shard by shard while labelling
             if global_rank() != 0:
                 return {}
             summary["labeling"] = run_labeling(segments, out_dir, kmeans, features, fill=fill, weighted=weighted)

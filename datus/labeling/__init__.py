@@ -4,10 +4,11 @@ from datus.labeling.embed import PatchTokens, SegmentEmbedder, segment_crops
 from datus.labeling.kmeans import KMeans
 from datus.labeling.masks import UNLABELLED, palette, patch_labels, upsample_labels
 from datus.labeling.run import label_patches, run_labeling, write_pseudo_masks
-from datus.labeling.store import ArrayStore, ArrayWriter
+from datus.labeling.store import ArrayLookup, ArrayStore, ArrayWriter
 
 __all__ = [
     "UNLABELLED",
+    "ArrayLookup",
     "ArrayStore",
     "ArrayWriter",
     "KMeans",

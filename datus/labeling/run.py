@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,7 @@ def run_labeling(
     store: SegmentStore,
     out_dir: str | Path,
     kmeans: KMeans,
-    segment_features: dict[int, np.ndarray] | None = None,
+    segment_features: Mapping[int, np.ndarray] | None = None,
     fill: bool = False,
     weighted: bool = False,
 ) -> dict[str, Any]:

@@ -54,6 +54,38 @@ class ArrayStore:
         return out
 
 
+class ArrayLookup:
+    """``lookup[index]`` -> that image's ``(rows, D)`` float16 array, one shard in memory at a time.
+
+    For sequential access (labelling walks the images in dataset order), so the features of a
+    whole split never have to fit in memory at once.
+    """
+
+    def __init__(self, store: ArrayStore) -> None:
+        self.where: dict[int, Path] = {}
+        for shard in store.shards():
+            with np.load(shard, allow_pickle=False) as z:
+                for index in z["indices"]:
+                    self.where.setdefault(int(index), shard)
+        self._shard: Path | None = None
+        self._rows: dict[int, np.ndarray] = {}
+
+    def __contains__(self, index: int) -> bool:
+        return index in self.where
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        shard = self.where[index]
+        if shard != self._shard:
+            with np.load(shard, allow_pickle=False) as z:
+                offsets, feats = z["offsets"], z["features"]
+                self._rows = {int(i): feats[offsets[j]:offsets[j + 1]] for j, i in enumerate(z["indices"])}
+            self._shard = shard
+        return self._rows[index]
+
+
 class ArrayWriter(BasePredictionWriter):
     """Buffers ``(index, stem, array)`` predictions and writes a shard every ``shard_size`` images."""
 
