@@ -117,3 +117,11 @@ def test_killed_run_resumes_to_identical_outputs(photos, weights_cache, clean, t
     assert _segments(out) == _segments(clean)
     for name in OUTPUTS:
         assert _files(out / name) == _files(clean / name), name
+
+
+def test_same_config_and_seed_give_identical_outputs(photos, weights_cache, clean, tmp_path):
+    """Determinism: a second, independent run (new process, no cache) reproduces every output byte."""
+    _run(_command(photos, tmp_path / "again", weights_cache))
+    assert _segments(tmp_path / "again") == _segments(clean)
+    for name in OUTPUTS:
+        assert _files(tmp_path / "again" / name) == _files(clean / name), name
