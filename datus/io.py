@@ -7,11 +7,10 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
-
+from typing import Any, BinaryIO
 
 #: Suffix of the temporary files behind atomic writes (``.<name>.<host>.<pid>.<random>.tmp``).
 TMP_SUFFIX = ".tmp"

@@ -26,7 +26,7 @@ def test_memory_benchmark_measures_every_stage_at_each_size(tmp_path):
     assert sorted(rows) == sorted((n, s) for n in (2, 5) for s in ("load", "segments", "labels"))
     assert rows[(5, "segments")]["segments"] > rows[(2, "segments")]["segments"] > 0
     assert rows[(5, "labels")]["segments_clustered"] > 0 and rows[(5, "segments")]["cache_mb"] > 0
-    for (n, stage), row in rows.items():  # each stage's own process: at least what loading costs
+    for (n, _stage), row in rows.items():  # each stage's own process: at least what loading costs
         assert row["peak_rss_mb"] >= 0.9 * rows[(n, "load")]["peak_rss_mb"]
     assert set(result["peak_rss_ratio"]) == {"load", "segments", "labels"}
     assert "peak RSS 5 vs 2 images" in proc.stdout

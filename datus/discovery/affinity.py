@@ -114,7 +114,7 @@ class PatchGraph:
     weights: np.ndarray
 
     @classmethod
-    def from_dense(cls, adjacency: Tensor | np.ndarray) -> "PatchGraph":
+    def from_dense(cls, adjacency: Tensor | np.ndarray) -> PatchGraph:
         a = torch.as_tensor(adjacency)
         edges = torch.nonzero(torch.triu(a, diagonal=1))
         weights = a[edges[:, 0], edges[:, 1]]

@@ -10,8 +10,6 @@ from datus.io import atomic_write
 from datus.metrics import UNLABELLED
 from datus.viz import upsample_nearest
 
-
-
 #: Nearest-neighbour resize of an ``(h, w)`` label map to ``(H, W)`` (pixel centres).
 upsample_labels = upsample_nearest
 

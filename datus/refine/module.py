@@ -14,7 +14,6 @@ from datus.metrics import UNLABELLED, ClusterConfusion
 from datus.refine.model import build_segmenter
 
 
-
 class RefineModule(pl.LightningModule):
     """DeepLabV3 trained on K-cluster pseudo masks (255 ignored), validated with the honest metric.
 
