@@ -67,15 +67,20 @@ def plot(rows: list[dict[str, Any]]):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    series: dict[str, list[tuple[int, float]]] = {}
+    series: dict[str, list[tuple[int, float, float | None]]] = {}
     for r in rows:
         if r["k"] is not None:
-            series.setdefault(f"{r['backbone']} ({r['method']})", []).append((int(r["k"]), r["miou"]))
+            series.setdefault(f"{r['backbone']} ({r['method']})", []).append(
+                (int(r["k"]), r["miou"], r.get("majority_miou")))
     for name, points in sorted(series.items()):
         points.sort()
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+        line = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{name}, Hungarian")[0]
+        majority = [(p[0], p[2]) for p in points if p[2] is not None]
+        if majority:  # K > classes: the many-to-one mapping, same colour, dashed
+            ax.plot([p[0] for p in majority], [p[1] for p in majority], marker="s", linestyle="--",
+                    color=line.get_color(), label=f"{name}, majority (K > classes)")
     ax.set_xlabel("K (clusters)")
-    ax.set_ylabel("mIoU (honest, %)")
+    ax.set_ylabel("mIoU (honest, unlabelled = wrong, %)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
