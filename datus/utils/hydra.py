@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+
+class _DropAdvertising(logging.Filter):
+    """Lightning's "💡 Tip: try installing ..." lines say nothing about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropAdvertising())
 
 
 def instantiate_loggers(cfg: DictConfig | None) -> list:
