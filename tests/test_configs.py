@@ -142,3 +142,31 @@ def test_viz_saves_pictures_of_what_the_backbone_sees(tmp_path, what):
     from PIL import Image
 
     assert Image.open(pictures[0]).size[0] > 300  # a real figure, not an empty file
+
+
+def test_the_cache_key_names_the_data_not_the_spelling_of_its_path(tmp_path, monkeypatch):
+    """``dataset.root`` relative, absolute or through a link: one cache entry; one relative name
+    used from two folders (two different datasets): two entries."""
+    from PIL import Image
+
+    from datus.runs import settings_key
+    from datus.utils.pipeline import pipeline_kwargs
+
+    for project in ("a", "b"):
+        folder = tmp_path / project / "photos" / "train" / "images"
+        folder.mkdir(parents=True)
+        Image.new("RGB", (32, 32), (10, 20, 30)).save(folder / "one.png")
+    (tmp_path / "link").symlink_to(tmp_path / "a" / "photos")
+
+    def key(cwd, root):
+        monkeypatch.chdir(cwd)
+        cfg = compose_config("discover", ["backbone=tiny_vit", "dataset=folder", f"dataset.root={root}",
+                                          "logger=none"], tmp_path / "out")
+        kwargs = pipeline_kwargs(cfg, tmp_path / "out")
+        assert kwargs["run_settings"]["dataset"] == kwargs["settings"]["dataset"]
+        return settings_key(kwargs["settings"])
+
+    relative = key(tmp_path / "a", "photos")
+    assert key(tmp_path, tmp_path / "a" / "photos") == relative
+    assert key(tmp_path, "link") == relative
+    assert key(tmp_path / "b", "photos") != relative

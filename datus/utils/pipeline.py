@@ -19,6 +19,16 @@ SETTINGS_KEYS = ("backbone", "dataset", "resize", "graph")
 RUN_KEYS = (*SETTINGS_KEYS, "labeling", "method", "seed")
 
 
+def _absolute_root(container: dict) -> dict:
+    """``container`` with ``dataset.root`` made absolute: the same data named relatively from one
+    folder and absolutely (or through a link) shares one cache entry, and one relative name used
+    from two folders does not."""
+    root = container["dataset"].get("root")
+    if root is None:
+        return container
+    return {**container, "dataset": {**container["dataset"], "root": str(Path(root).expanduser().resolve())}}
+
+
 def cache_settings(container: dict) -> dict:
     """The cache key's settings; a randomly initialised backbone is only reproducible with its seed."""
     settings = {key: container[key] for key in SETTINGS_KEYS}
@@ -38,7 +48,7 @@ def pipeline_kwargs(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     backbone = instantiate(cfg.backbone)
     extractor = instantiate(cfg.labeling.extractor) if cfg.labeling.extractor else None
     log.info("%s, %s on %r -> %s", cfg.method, backbone.name, dataset, out_dir)
-    container = OmegaConf.to_container(cfg, resolve=True)
+    container = _absolute_root(OmegaConf.to_container(cfg, resolve=True))
     return dict(
         backbone=backbone, dataset=dataset, out_dir=Path(out_dir), kmeans=kmeans, decomposer=decomposer,
         make_trainer=lambda: instantiate(cfg.trainer, logger=False),
