@@ -146,3 +146,20 @@ def test_evaluate_a_refined_checkpoint(photos, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_clusters"] == 4 and metrics["coverage"] == 1.0 and metrics["images"] == 2
     assert len(list((out / "pseudo_masks").glob("*.png"))) == 2
+
+
+def test_a_checkpoint_is_replaced_atomically_or_not_at_all(tmp_path):
+    """A save that fails halfway (here: an unpicklable entry after the weights) keeps the previous
+    checkpoint intact and leaves no temporary file, in the checkpoint's folder or elsewhere."""
+    from datus.refine.checkpoint_io import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    weights = {"state_dict": {"w": torch.arange(1000.0)}, "epoch": 1}
+    io.save_checkpoint(weights, path)
+    before = path.read_bytes()
+    with pytest.raises(Exception):  # noqa: B017 (pickle's error type varies by object)
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(10**6)}, "epoch": 2, "hook": lambda: None}, path)
+    assert path.read_bytes() == before
+    assert io.load_checkpoint(path, weights_only=True)["epoch"] == 1
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]

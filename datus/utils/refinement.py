@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from datus.io import remove_stale_temporaries, write_json
 from datus.refine import PseudoMaskDataModule, PseudoMaskError, RefineModule, predict_split
 from datus.refine.callbacks import RandomStateCheckpoint
+from datus.refine.checkpoint_io import AtomicCheckpointIO
 from datus.refine.data import read_label_png
 from datus.utils.hydra import instantiate_loggers, seed_everything
 
@@ -68,7 +69,8 @@ def run_refinement(cfg: DictConfig, loggers: list | None = None) -> list[dict]:
         last = instantiate(cfg.callbacks.last, dirpath=str(round_dir / "checkpoints"))
         callbacks = [checkpoint, last] if val_set is not None else [last]
         callbacks.append(RandomStateCheckpoint())
-        trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
+        plugins = [*(instantiate(cfg.trainer.get("plugins")) or []), AtomicCheckpointIO()]
+        trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=plugins,
                               default_root_dir=str(round_dir))
         log.info("round %d/%d: K=%d, %d training images with pseudo masks from %s", r + 1, cfg.rounds, k,
                  len(datamodule.train_set), masks)
