@@ -108,6 +108,34 @@ def test_a_killed_run_resumes_exactly_from_its_last_checkpoint(photos, tmp_path,
     assert (tmp_path / "checkpoints" / "best.ckpt").is_file()
 
 
+@pytest.mark.slow
+def test_a_killed_two_process_ddp_run_resumes_exactly(photos, tmp_path):
+    """Both DDP ranks (2 CPU processes, gloo) killed at once after the first epoch's checkpoint, as a
+    preempted node is: the resumed run ends with the uninterrupted run's weights, so each rank got
+    its own random state (crops, flips) back, not rank 0's."""
+    ddp = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=3")
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen(_command(photos, tmp_path / "run", *ddp), cwd=PROJECT_ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not last.is_file() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGKILL)  # every rank at once
+    proc.wait(timeout=60)
+    first = torch.load(last, weights_only=True)
+    if first["epoch"] >= 2:
+        pytest.skip("the run finished before it could be killed")
+    assert len(first["callbacks"]["RandomStateCheckpoint"]["ranks"]) == 2  # both ranks' random states
+    _train(photos, tmp_path / "run", *ddp, "ckpt_path=last")
+    _train(photos, tmp_path / "clean", *ddp)
+    final = torch.load(last, weights_only=True)
+    clean = torch.load(tmp_path / "clean" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (final["epoch"], final["global_step"]) == (clean["epoch"], clean["global_step"])
+    for name, weight in clean["state_dict"].items():
+        assert torch.equal(final["state_dict"][name], weight), name
+
+
 def test_missing_pseudo_masks_are_named(photos, tmp_path):
     (photos / "pseudo_masks" / "coffee.png").rename(photos / "coffee.png.bak")
     try:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+
+log = logging.getLogger("datus")
 
 
 def capture_random_state() -> dict[str, Any]:
@@ -35,13 +38,22 @@ def restore_random_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class RandomStateCheckpoint(pl.Callback):
-    """Saves the random state in every checkpoint and restores it when training resumes.
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
-    Without it a resumed run shuffles and augments differently from an uninterrupted one. The
-    state is put back when the checkpoint is loaded and again after the sanity-check
-    validation that Lightning runs on resume (its dataloader draws a seed from the generator;
-    the uninterrupted run did not run it at that point), i.e. right before the first training
+
+class RandomStateCheckpoint(pl.Callback):
+    """Saves the random state of every process in every checkpoint and restores it when training resumes.
+
+    Without it a resumed run shuffles and augments differently from an uninterrupted one. Under
+    DDP each rank draws its own crops, so every rank's state is gathered into the checkpoint
+    (Lightning builds the checkpoint on every rank, rank 0 writes it) and each rank gets its
+    own back; resuming on another number of processes cannot be exact and says so. The state
+    is put back when the checkpoint is loaded and again after the sanity-check validation that
+    Lightning runs on resume (its dataloader draws a seed from the generator; the
+    uninterrupted run did not run it at that point), i.e. right before the first training
     dataloader of the resumed run is created.
     """
 
@@ -49,11 +61,22 @@ class RandomStateCheckpoint(pl.Callback):
         self._loaded: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return capture_random_state()
+        state = capture_random_state()
+        _, world = _rank_and_world()
+        if world == 1:
+            return {"ranks": [state]}
+        gathered: list[Any] = [None] * world
+        torch.distributed.all_gather_object(gathered, state)
+        return {"ranks": gathered}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._loaded = state_dict
-        restore_random_state(state_dict)
+        rank, world = _rank_and_world()
+        states = state_dict.get("ranks", [state_dict])  # checkpoints before per-rank states: one state
+        if len(states) != world:
+            log.warning("the checkpoint holds the random state of %d process(es), this run has %d: "
+                        "training resumes, but not exactly as the uninterrupted run would have", len(states), world)
+        self._loaded = states[rank % len(states)]
+        restore_random_state(self._loaded)
 
     def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._loaded is not None:

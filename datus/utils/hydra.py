@@ -84,5 +84,14 @@ def _run_name(default: str) -> str:
     return HydraConfig.get().job.override_dirname or default
 
 
+def _on_gpu(accelerator: str) -> bool:
+    """Whether ``trainer.accelerator`` puts the model on a GPU here: what ``sync_batchnorm`` needs
+    (torch's SyncBatchNorm refuses CPU modules, so ``trainer=ddp`` on CPU trains without it)."""
+    import torch
+
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+OmegaConf.register_new_resolver("datus.on_gpu", _on_gpu, replace=True)
 OmegaConf.register_new_resolver("datus.sweep_group", _sweep_group, replace=True)
 OmegaConf.register_new_resolver("datus.run_name", _run_name, replace=True)
