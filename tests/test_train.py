@@ -41,12 +41,7 @@ def photos(tmp_path_factory):
 
 
 def _train(photos, out, *args, ok=True):
-    proc = subprocess.run(
-        [sys.executable, "train.py", "dataset=folder", f"dataset.root={photos / 'data'}", "dataset.num_classes=3",
-         f"pseudo_masks={photos / 'pseudo_masks'}", "logger=none", "trainer.enable_progress_bar=false",
-         "data.crop_size=64", "data.eval_short_side=64", "data.batch_size=2", f"hydra.run.dir={out}", *args],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900,
-    )
+    proc = subprocess.run(_command(photos, out, *args), cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
     if ok:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -111,8 +106,8 @@ def test_a_killed_run_resumes_exactly_from_its_last_checkpoint(photos, tmp_path,
 @pytest.mark.slow
 def test_a_killed_two_process_ddp_run_resumes_exactly(photos, tmp_path):
     """Both DDP ranks (2 CPU processes, gloo) killed at once after the first epoch's checkpoint, as a
-    preempted node is: the resumed run ends with the uninterrupted run's weights, so each rank got
-    its own random state (crops, flips) back, not rank 0's."""
+    preempted node is: the resumed run ends with the uninterrupted run's weights. The checkpoint
+    holds each rank's random state (with one seed on every rank they happen to be equal here)."""
     ddp = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=3")
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     proc = subprocess.Popen(_command(photos, tmp_path / "run", *ddp), cwd=PROJECT_ROOT, start_new_session=True,
