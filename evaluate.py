@@ -26,10 +26,12 @@ def main(cfg: DictConfig) -> float:
     out_dir = Path(cfg.paths.output_dir)
     dataset = instantiate(cfg.dataset)
     if cfg.ckpt is not None:  # predict the split with the refined model, then score those masks
-        from datus.refine import RefineModule, predict_split
+        from datus.refine import load_refiner, predict_split
+        from datus.utils.refinement import feature_cache, postprocessor
 
-        module = RefineModule.load_from_checkpoint(cfg.ckpt, map_location="cpu", weights_only=True)
-        predict_split(module, dataset, out_dir, short_side=cfg.eval_short_side, evaluate=False)
+        module = load_refiner(cfg.ckpt)
+        predict_split(module, dataset, out_dir, cache=feature_cache(cfg, out_dir), crf=postprocessor(cfg),
+                      evaluate=False)
         masks, k = out_dir / "pseudo_masks", module.hparams.num_clusters
     result, samples = evaluate_masks(dataset, masks, num_clusters=k, protocol=cfg.protocol,
                                      allow_missing=cfg.allow_missing, num_samples=cfg.num_samples)

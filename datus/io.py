@@ -130,3 +130,15 @@ def shard_indices(shards: list[Path]) -> set[int]:
         with np.load(shard, allow_pickle=False) as z:
             done.update(int(i) for i in z["indices"])
     return done
+
+
+def plain(value: Any) -> Any:
+    """Mappings and sequences (e.g. OmegaConf nodes) as plain dicts and lists, recursively: what
+    JSON and ``torch.load(weights_only=True)`` accept."""
+    from collections.abc import Mapping, Sequence
+
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [plain(v) for v in value]
+    return value

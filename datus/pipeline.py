@@ -13,23 +13,22 @@ from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
-from torch.utils.data import DataLoader, Subset
 
 from datus.backbones import Backbone
-from datus.data import SegmentationDataset, SkipUnreadable
+from datus.data import SegmentationDataset
 from datus.discovery import SceneDecomposer, SegmentStore, run_discovery
-from datus.discovery.module import collate_items, read_skipped
+from datus.discovery.module import read_skipped
 from datus.discovery.store import SegmentLookup
 from datus.evaluation import evaluate_masks, format_table, write_report
 from datus.io import atomic_write, load_json, remove_stale_temporaries, write_json
 from datus.labeling import (
     ArrayLookup,
     ArrayStore,
-    ArrayWriter,
     KMeans,
     PatchTokens,
     SegmentEmbedder,
     label_patches,
+    predict_missing,
     run_labeling,
 )
 from datus.runs import cache_entry, check_settings, job_lock, settings_key, shard_range
@@ -54,24 +53,6 @@ def check_choices(method: str, stage: str, segment_features: str) -> None:
 def global_rank() -> int:
     """This process's rank (0 without DDP): Lightning sets it from the launcher's environment."""
     return int(getattr(rank_zero_only, "rank", 0) or 0)
-
-
-def _predict_missing(module: pl.LightningModule, dataset, store: ArrayStore, make_trainer, batch_size: int,
-                     num_workers: int, shard_size: int, min_size: int, indices: list[int] | None = None) -> int:
-    """Run ``module`` over the images (of ``indices``) not yet in ``store``; returns how many.
-
-    Every rank returns only after all ranks have written their shards (DDP).
-    """
-    done = store.done_indices()
-    todo = [i for i in (range(len(dataset)) if indices is None else indices) if i not in done]
-    if todo:
-        trainer = make_trainer()
-        trainer.callbacks.append(ArrayWriter(store, shard_size))
-        loader = DataLoader(Subset(SkipUnreadable(dataset, min_size), todo), batch_size=batch_size,
-                            num_workers=num_workers, collate_fn=collate_items)
-        trainer.predict(module, dataloaders=loader, return_predictions=False)
-        trainer.strategy.barrier()
-    return len(todo)
 
 
 def _check_complete(segments: SegmentStore, dataset: SegmentationDataset) -> None:
@@ -175,7 +156,7 @@ def run_pipeline(
         remove_stale_temporaries(work)
         store = ArrayStore(work / f"patch_{patch_feature}")
         with job_lock(work / f".lock-rank{global_rank()}", f"patch features in {work}"):
-            computed = _predict_missing(PatchTokens(backbone, patch_feature), dataset, store, make_trainer,
+            computed = predict_missing(PatchTokens(backbone, patch_feature), dataset, store, make_trainer,
                                         batch_size, num_workers, shard_size, backbone.patch_size)
         if global_rank() != 0:
             return {}
@@ -216,7 +197,7 @@ def run_pipeline(
                                            crop_background, all_segments=fill)
                 crop_store = ArrayStore(crop_dir)
                 with job_lock(work / f".lock-crops-rank{global_rank()}", f"segment crops in {crop_dir}"):
-                    _predict_missing(embedder, dataset, crop_store, make_trainer, batch_size, num_workers,
+                    predict_missing(embedder, dataset, crop_store, make_trainer, batch_size, num_workers,
                                      shard_size, backbone.patch_size, indices=records.indices())
                 features = ArrayLookup(crop_store)  # read shard by shard while labelling
             if global_rank() != 0:

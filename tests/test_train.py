@@ -1,4 +1,5 @@
-"""train.py: fast dev run on real photos, exact resume, the ignore index, evaluate.py ckpt=."""
+"""train.py with the image DeepLabV3 (model=deeplabv3_mobilenet): fast dev run on real photos, exact resume,
+the ignore index, evaluate.py ckpt=. The heads on frozen features: tests/test_heads.py."""
 
 from __future__ import annotations
 
@@ -64,7 +65,8 @@ def test_fast_dev_run_trains_validates_and_predicts(photos, tmp_path):
 def _command(photos, out, *args):
     return [sys.executable, "train.py", "dataset=folder", f"dataset.root={photos / 'data'}", "dataset.num_classes=3",
             f"pseudo_masks={photos / 'pseudo_masks'}", "logger=none", "trainer.enable_progress_bar=false",
-            "data.crop_size=64", "data.eval_short_side=64", "data.batch_size=2", f"hydra.run.dir={out}", *args]
+            "model=deeplabv3_mobilenet", "postprocess=none", "model.data.crop_size=64", "model.data.eval_short_side=64",
+            "model.data.batch_size=2", f"hydra.run.dir={out}", *args]
 
 
 @pytest.mark.slow
@@ -162,7 +164,7 @@ def test_evaluate_a_refined_checkpoint(photos, tmp_path):
     proc = subprocess.run(
         [sys.executable, "evaluate.py", "dataset=folder", f"dataset.root={photos / 'data'}", "dataset.split=val",
          "dataset.num_classes=3", f"ckpt={tmp_path / 'train' / 'checkpoints' / 'last.ckpt'}", "logger=none",
-         "eval_short_side=64", f"hydra.run.dir={out}"],
+         f"hydra.run.dir={out}"],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

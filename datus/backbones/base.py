@@ -36,6 +36,8 @@ class BackboneOutput:
     queries: Tensor | None = None
     values: Tensor | None = None
     attentions: Tensor | None = None
+    #: normalised output tokens of earlier blocks, ``(B, h*w, D)`` by block index (see ``blocks=``)
+    hidden: dict[int, Tensor] | None = None
 
     def features(self, name: str) -> Tensor:
         """The per-patch feature called ``name`` (one of :data:`PATCH_FEATURES`)."""
@@ -99,9 +101,23 @@ class Backbone(nn.Module):
         """
         return None
 
-    def extract(self, images: Tensor) -> BackboneOutput:  # pragma: no cover - abstract
+    #: number of blocks whose tokens ``blocks=`` can return (0: none, e.g. a CNN)
+    depth: int = 0
+
+    def block_indices(self, blocks: tuple[int, ...] | list[int]) -> tuple[int, ...]:
+        """``blocks`` (negative counts from the end, -1 = last) as indices in ``range(depth)``."""
+        out = []
+        for block in blocks:
+            index = int(block) + self.depth if int(block) < 0 else int(block)
+            if not 0 <= index < self.depth:
+                raise BackboneError(f"{self.name} has {self.depth} blocks: block {block} does not exist")
+            out.append(index)
+        return tuple(out)
+
+    def extract(self, images: Tensor, blocks: tuple[int, ...] = ()) -> BackboneOutput:  # pragma: no cover
         raise NotImplementedError
 
     @torch.no_grad()
-    def forward(self, images: Tensor) -> BackboneOutput:
-        return self.extract(images)
+    def forward(self, images: Tensor, blocks: tuple[int, ...] = ()) -> BackboneOutput:
+        """Features of ``images``; ``blocks`` also returns those blocks' tokens in ``hidden``."""
+        return self.extract(images, blocks)

@@ -25,7 +25,8 @@ class ResNetBackbone(Backbone):
         self.patch_size = 32
         self.embed_dim = int(model.fc.in_features)
 
-    def extract(self, images: Tensor) -> BackboneOutput:
+    def extract(self, images: Tensor, blocks: tuple[int, ...] = ()) -> BackboneOutput:
+        self.block_indices(blocks)  # a CNN has no blocks of tokens: any request is an error
         grid = self.check_input(images)
         m = self.model
         x = m.maxpool(m.relu(m.bn1(m.conv1(images))))

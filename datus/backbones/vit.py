@@ -56,6 +56,7 @@ class ViTBackbone(Backbone):
         self.embed_dim = int(model.embed_dim)
         attn = model.blocks[-1].attn
         self.num_heads = int(attn.num_heads)
+        self.depth = len(model.blocks)
         self.pos_antialias = pos_antialias
         self._qkv: Tensor | None = None
         self._hook = attn.qkv.register_forward_hook(self._keep_qkv)
@@ -87,10 +88,16 @@ class ViTBackbone(Backbone):
             x = torch.cat([cls, *regs, x], dim=1) + pos
         return vit.norm_pre(vit.pos_drop(x))
 
-    def extract(self, images: Tensor) -> BackboneOutput:
+    def extract(self, images: Tensor, blocks: tuple[int, ...] = ()) -> BackboneOutput:
         grid = self.check_input(images)
         vit = self.model
-        x = vit.blocks(self._embed(images, grid))
+        wanted = self.block_indices(blocks)
+        x = self._embed(images, grid)
+        kept: dict[int, Tensor] = {}
+        for index, block in enumerate(vit.blocks):
+            x = block(x)
+            if index in wanted:
+                kept[index] = x
         x = vit.norm(x)
         qkv, self._qkv = self._qkv, None
         if qkv is None:  # pragma: no cover - would mean timm changed its attention module
@@ -117,4 +124,5 @@ class ViTBackbone(Backbone):
             queries=per_patch(q),
             values=per_patch(v),
             attentions=cls_attention[:, :, first:],
+            hidden={i: vit.norm(t)[:, first:] for i, t in kept.items()} or None,
         )

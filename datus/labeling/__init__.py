@@ -4,7 +4,7 @@ from datus.labeling.embed import PatchTokens, SegmentEmbedder, segment_crops
 from datus.labeling.kmeans import KMeans
 from datus.labeling.masks import UNLABELLED, palette, patch_labels, upsample_labels
 from datus.labeling.run import label_patches, run_labeling, write_pseudo_masks
-from datus.labeling.store import ArrayLookup, ArrayStore, ArrayWriter
+from datus.labeling.store import ArrayLookup, ArrayStore, ArrayWriter, predict_missing
 
 __all__ = [
     "UNLABELLED",
@@ -17,6 +17,7 @@ __all__ = [
     "label_patches",
     "palette",
     "patch_labels",
+    "predict_missing",
     "run_labeling",
     "segment_crops",
     "upsample_labels",

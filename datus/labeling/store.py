@@ -109,3 +109,28 @@ class ArrayWriter(BasePredictionWriter):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self.flush(trainer.global_rank)
+
+
+def predict_missing(module, dataset, store: ArrayStore, make_trainer, batch_size: int, num_workers: int,
+                    shard_size: int, min_size: int, indices: list[int] | None = None) -> int:
+    """Run ``module`` (a predict step returning ``(index, stem, rows, meta)``) over the images
+    (of ``indices``) not yet in ``store``, writing shards; returns how many it ran.
+
+    Unreadable images are skipped (discovery lists them). Every rank returns only after all
+    ranks have written their shards (DDP).
+    """
+    from torch.utils.data import DataLoader, Subset
+
+    from datus.data import SkipUnreadable
+    from datus.discovery.module import collate_items
+
+    done = store.done_indices()
+    todo = [i for i in (range(len(dataset)) if indices is None else indices) if i not in done]
+    if todo:
+        trainer = make_trainer()
+        trainer.callbacks.append(ArrayWriter(store, shard_size))
+        loader = DataLoader(Subset(SkipUnreadable(dataset, min_size), todo), batch_size=batch_size,
+                            num_workers=num_workers, collate_fn=collate_items)
+        trainer.predict(module, dataloaders=loader, return_predictions=False)
+        trainer.strategy.barrier()
+    return len(todo)

@@ -14,6 +14,7 @@ from torchvision.transforms import v2
 
 from datus.data import SegmentationDataset
 from datus.labeling.masks import read_mask
+from datus.metrics import UNLABELLED
 
 
 class PseudoMaskError(ValueError):
@@ -25,6 +26,46 @@ def read_label_png(path: Path) -> np.ndarray:
         return read_mask(path)
     except ValueError as err:
         raise PseudoMaskError(str(err)) from err
+
+
+def check_pseudo_masks(dataset: SegmentationDataset, masks_dir: str | Path, k: int | None = None) -> int:
+    """Read every pseudo mask of ``dataset`` once, before training; returns K (``k``, or the largest label + 1).
+
+    Refuses, naming the files: a missing folder or mask, a mask whose size is not its image's,
+    and labels that are neither below ``k`` nor 255 (unlabelled).
+    """
+    from PIL import Image
+
+    masks_dir = Path(masks_dir)
+    if not masks_dir.is_dir():
+        raise PseudoMaskError(f"pseudo_masks={masks_dir}: no such folder")
+    missing, wrong_size, largest, too_large = [], [], 0, []
+    for sample in dataset.samples:
+        path = masks_dir / f"{sample.stem}.png"
+        if not path.is_file():
+            missing.append(sample.stem)
+            continue
+        mask = read_label_png(path)
+        with Image.open(sample.image) as image:
+            width, height = image.size
+        if mask.shape != (height, width):
+            wrong_size.append(f"{path.name} is {mask.shape[1]}x{mask.shape[0]}, its image {width}x{height}")
+        labels = mask[mask != UNLABELLED]
+        top = int(labels.max()) if labels.size else -1
+        largest = max(largest, top)
+        if k is not None and top >= k:
+            too_large.append(f"{path.name} (label {top})")
+    if missing:
+        raise PseudoMaskError(f"{len(missing)} of {len(dataset)} images of {dataset.name}/{dataset.split} have no pseudo "
+                              f"mask in {masks_dir} (e.g. {', '.join(missing[:5])})")
+    if wrong_size:
+        raise PseudoMaskError(f"{len(wrong_size)} pseudo masks in {masks_dir} do not have their image's size: "
+                              + "; ".join(wrong_size[:5]))
+    if too_large:
+        raise PseudoMaskError(f"k={k} but {len(too_large)} pseudo masks in {masks_dir} hold larger labels: "
+                              f"{', '.join(too_large[:5])}; pass k=null to take K from the masks, or the k "
+                              "discover.py used (labeling.k)")
+    return int(k) if k is not None else max(2, largest + 1)
 
 
 class PairedMasks(Dataset):

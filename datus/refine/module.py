@@ -9,9 +9,13 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import v2
 
+from datus.io import plain
 from datus.metrics import UNLABELLED, ClusterConfusion
+from datus.refine.data import PseudoMaskDataModule
 from datus.refine.model import build_segmenter
+from datus.refine.optim import configure_optimizers
 
 
 class RefineModule(pl.LightningModule):
@@ -23,12 +27,12 @@ class RefineModule(pl.LightningModule):
     """
 
     def __init__(self, arch: str, num_clusters: int, class_names: list[str] | None = None,
-                 optimizer=None, scheduler=None, backbone_weights: str | None = None,
+                 optimizer=None, scheduler=None, backbone_weights: str | None = None, data: dict | None = None,
                  picture_dir: str | None = None, num_pictures: int = 4) -> None:
         super().__init__()
         # plain types only, so checkpoints load with weights_only=True
         self.save_hyperparameters({
-            "arch": str(arch), "num_clusters": int(num_clusters),
+            "arch": str(arch), "num_clusters": int(num_clusters), "data": plain(data or {}),
             "class_names": [str(c) for c in (class_names or [])],
             "backbone_weights": None if backbone_weights is None else str(backbone_weights),
             "picture_dir": None if picture_dir is None else str(picture_dir), "num_pictures": int(num_pictures),
@@ -41,6 +45,21 @@ class RefineModule(pl.LightningModule):
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
         self.picture_dir, self.num_pictures = picture_dir, num_pictures
         self._pictures: list[dict[str, np.ndarray]] = []
+
+    def make_datamodule(self, train, pseudo_masks, val=None, cache=None) -> PseudoMaskDataModule:
+        """Images of ``train`` with their pseudo masks, ``val``'s ground truth (``model.data`` settings)."""
+        return PseudoMaskDataModule(train, pseudo_masks, val, **self.hparams.data)
+
+    def logits_source(self, dataset, cache=None):
+        """``index -> (K, h, w)`` logits of that image of ``dataset``, fed at the training's eval short side."""
+        short_side = self.hparams.data.get("eval_short_side", 360)
+        resize = None if short_side is None else v2.Resize(short_side, antialias=True)
+
+        def logits(index: int) -> torch.Tensor:
+            image = dataset.load(index)["image"]
+            return self((resize(image) if resize else image)[None].to(self.device))[0]
+
+        return logits
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, K, H, W)`` for uint8 or [0, 1] RGB images."""
@@ -92,18 +111,7 @@ class RefineModule(pl.LightningModule):
         self._pictures = []
 
     def configure_optimizers(self) -> Any:
-        optimizer_factory = self.optimizer_factory or (lambda params: torch.optim.AdamW(params, lr=1e-3))
-        optimizer = optimizer_factory(self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        import inspect
-
-        kwargs = {}
-        target = getattr(self.scheduler_factory, "func", self.scheduler_factory)
-        if "total_steps" in inspect.signature(target).parameters:
-            kwargs["total_steps"] = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler = self.scheduler_factory(optimizer, **kwargs)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return configure_optimizers(self, self.optimizer_factory, self.scheduler_factory)
 
 
 def _resize_like(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

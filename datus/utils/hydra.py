@@ -59,6 +59,10 @@ def refinement_config(cfg: DictConfig, out_dir: Path) -> DictConfig:
         train_cfg.pseudo_masks = str(out_dir / "pseudo_masks")
         train_cfg.k = int(cfg.labeling.k)
         train_cfg.seed = cfg.seed
+        # heads on frozen features see the discovery backbone at the discovery resolution
+        train_cfg.backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
+        train_cfg.resize = OmegaConf.to_container(cfg.resize, resolve=True)
+        train_cfg.cache_dir = cfg.cache_dir
     return train_cfg
 
 

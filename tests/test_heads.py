@@ -1,0 +1,257 @@
+"""Heads on frozen features (train.py model=linear_head|deeplabv3_head|segmenter|align_block), the feature
+cache, the dense CRF and the refinement's bad-input checks, on real photos."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from hydra.errors import InstantiationException
+from PIL import Image
+
+from datus.data import DemoImages
+from datus.refine import FeatureSpec, build_head, list_heads, load_refiner
+from datus.refine.data import PseudoMaskError
+from tests.conftest import PROJECT_ROOT, compose_config
+
+HEADS = ("linear_head", "deeplabv3_head", "segmenter", "align_block")
+K = 4
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Real photos as a folder dataset (train 4, val 2, 3-class masks), train pseudo masks with K=4 and
+    k-means centroids of the tiny backbone's keys, in discover.py's layout (run/pseudo_masks, run/labeling)."""
+    root = tmp_path_factory.mktemp("heads")
+    pseudo = root / "run" / "pseudo_masks"
+    pseudo.mkdir(parents=True)
+    for split, items in (("train", list(DemoImages())[:4]), ("val", list(DemoImages())[3:])):
+        (root / "data" / split / "images").mkdir(parents=True)
+        (root / "data" / split / "true_masks").mkdir()
+        for item in items:
+            image = item["image"].permute(1, 2, 0).numpy()[::4, ::4]
+            Image.fromarray(np.ascontiguousarray(image)).save(root / "data" / split / "images" / f"{item['stem']}.png")
+            truth = (image.mean(axis=2) // 86).astype(np.uint8)
+            Image.fromarray(truth).save(root / "data" / split / "true_masks" / f"{item['stem']}.png")
+            if split == "train":
+                mask = (image[..., 0] > image[..., 2]).astype(np.uint8) * 2 + (image.mean(axis=2) > 128)
+                mask[:3] = 255
+                Image.fromarray(mask.astype(np.uint8)).save(pseudo / f"{item['stem']}.png")
+    from datus.labeling import KMeans
+
+    rng = np.random.default_rng(0)
+    km = KMeans(K, center=True).fit(rng.normal(size=(64, 48)).astype(np.float32))  # tiny_vit: 48-d keys
+    km.save(root / "run" / "labeling" / "centroids.npz")
+    return root
+
+
+def _overrides(photos, out, model="linear_head", *extra):
+    return ["dataset=folder", f"dataset.root={photos / 'data'}", "dataset.num_classes=3", f"model={model}",
+            f"pseudo_masks={photos / 'run' / 'pseudo_masks'}", "backbone=tiny_vit", "resize.size=64",
+            "logger=none", "trainer.enable_progress_bar=false", "model.data.batch_size=2", "batch_size=2",
+            f"cache_dir={out / 'cache'}", f"hydra.run.dir={out}", *extra]
+
+
+def _refine(photos, out, model="linear_head", *extra):
+    from datus.utils.refinement import run_refinement
+
+    cfg = compose_config("train", _overrides(photos, out, model, *extra), out)
+    return run_refinement(cfg, loggers=[])
+
+
+@pytest.mark.parametrize("model", HEADS)
+def test_each_head_trains_validates_and_writes_masks_at_image_size(photos, tmp_path, model):
+    history = _refine(photos, tmp_path, model, "trainer.max_epochs=2", "predict=true", "postprocess=none")
+    entry = history[-1]
+    assert 0 <= entry["best_val_miou"] <= 1 and 0 <= entry["refined_train_miou"] <= 1
+    module = load_refiner(entry["best_checkpoint"])
+    assert type(module).__name__ == "HeadModule" and module.hparams.head["name"] in list_heads()
+    written = sorted((tmp_path / "refined" / "pseudo_masks").glob("*.png"))
+    assert len(written) == 4
+    for path in written:
+        mask = np.asarray(Image.open(path))
+        image = Image.open(photos / "data" / "train" / "images" / path.name)
+        assert mask.shape == image.size[::-1] and mask.max() < K  # full resolution, every pixel labelled
+    assert (tmp_path / "val_pictures").is_dir()
+
+
+@pytest.mark.parametrize("name", ["linear", "deeplabv3", "segmenter", "align_block"])
+def test_heads_map_feature_maps_to_k_logits_on_the_same_grid(name):
+    head = build_head(name, in_dim=48, num_classes=5)
+    logits = head(torch.randn(2, 48, 7, 9))
+    assert logits.shape == (2, 5, 7, 9)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in head.parameters() if p.requires_grad)
+
+
+def test_the_feature_cache_is_reused_and_invalidated_by_a_settings_change(photos, tmp_path):
+    cache = tmp_path / "cache" / "features"
+    _refine(photos, tmp_path / "a", "linear_head", f"cache_dir={tmp_path / 'cache'}", "debug=fdr", "postprocess=none")
+    entries = sorted(p.name for p in cache.iterdir())
+    assert len(entries) == 2  # train and val
+    stamps = {p: p.stat().st_mtime_ns for p in cache.rglob("*.npy")}
+    _refine(photos, tmp_path / "b", "segmenter", f"cache_dir={tmp_path / 'cache'}", "debug=fdr", "postprocess=none")
+    assert sorted(p.name for p in cache.iterdir()) == entries  # another head, the same feature maps
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*.npy")} == stamps  # not rewritten
+    _refine(photos, tmp_path / "c", "linear_head", f"cache_dir={tmp_path / 'cache'}", "debug=fdr", "postprocess=none",
+            "model.features.names=[tokens]")
+    assert len(list(cache.iterdir())) == 4  # other features: new entries
+    config = json.loads(next(cache.glob("*/config.json")).read_text())
+    assert {"backbone", "resize", "features", "dataset"} <= set(config)
+
+
+def test_cached_maps_equal_the_backbone_features(photos, tmp_path):
+    from datus.backbones import build_backbone
+    from datus.data import ImageFolder
+    from datus.refine import FeatureCache
+    from datus.refine.features import feature_maps
+    from datus.transforms import ResizeForBackbone
+
+    torch.manual_seed(0)
+    backbone = build_backbone("tiny_vit")
+    spec = FeatureSpec(names=("keys", "tokens"), blocks=(0,))
+    resize = ResizeForBackbone(64, 8)
+    dataset = ImageFolder(root=photos / "data", split="train", num_classes=3)
+    import pytorch_lightning as pl
+
+    cache = FeatureCache(tmp_path, tmp_path, lambda: pl.Trainer(accelerator="cpu", logger=False,
+                                                                enable_progress_bar=False))
+    index = cache.index(dataset, backbone=lambda: backbone, backbone_settings={"name": "tiny_vit"}, resize=resize,
+                        spec=spec)
+    assert len(index) == 4 and spec.dim(backbone) == 3 * 48
+    for i in range(4):
+        expected = feature_maps(backbone, resize(dataset.load(i))["image"][None], spec)[0]
+        assert index[i].shape == tuple(expected.shape) and index.orig_size(i) == tuple(dataset.load(i)["image"].shape[1:])
+        assert np.allclose(index[i].astype(np.float32), expected.numpy(), atol=2e-2, rtol=1e-2)  # float16
+
+
+def test_the_crf_keeps_labels_in_range_and_moves_a_boundary_to_the_image_edge():
+    """Two colours meeting at column 40; coarse scores put the boundary at column 32: the CRF follows the image."""
+    from datus.postprocess import DenseCRF, labels_from_scores
+
+    height, width = 48, 80
+    image = np.zeros((height, width, 3), dtype=np.uint8)
+    image[:, :40] = (200, 30, 30)
+    image[:, 40:] = (30, 30, 200)
+    grid = torch.zeros(3, 6, 10)  # K = 3 on an 8-px grid; the third class is never likely
+    grid[0, :, :4], grid[1, :, 4:], grid[2] = 2.0, 2.0, -4.0
+    plain = labels_from_scores(grid, (height, width))
+    sharp = DenseCRF()(image, grid)
+    assert sharp.shape == (height, width) and sharp.dtype == np.uint8 and sharp.max() < 3
+
+    def boundary(labels):  # mean column where label 1 starts
+        return float(np.mean([np.argmax(row == 1) for row in labels]))
+
+    assert abs(boundary(plain) - 40) >= 6
+    assert abs(boundary(sharp) - 40) < abs(boundary(plain) - 40) / 3
+    assert (sharp[:, :38] == 0).all() and (sharp[:, 42:] == 1).all()
+
+
+def test_refined_masks_through_the_crf(photos, tmp_path):
+    history = _refine(photos, tmp_path, "linear_head", "debug=fdr", "predict=true", "postprocess=crf")
+    assert "refined_train_miou" in history[-1]
+    for path in (tmp_path / "refined" / "pseudo_masks").glob("*.png"):
+        assert np.asarray(Image.open(path)).max() < K
+
+
+def test_self_training_rounds_learn_the_previous_rounds_masks(photos, tmp_path):
+    history = _refine(photos, tmp_path, "linear_head", "debug=fdr", "rounds=2", "postprocess=none")
+    assert [h["round"] for h in history] == [0, 1]
+    assert history[1]["pseudo_masks"] == str(tmp_path / "round_1" / "pseudo_masks")
+    assert len(list((tmp_path / "round_1" / "pseudo_masks").glob("*.png"))) == 4
+
+
+def test_evaluate_scores_a_head_checkpoint_on_another_split(photos, tmp_path):
+    history = _refine(photos, tmp_path / "train", "linear_head", "trainer.max_epochs=1", "postprocess=none")
+    out = tmp_path / "eval"
+    proc = subprocess.run(
+        [sys.executable, "evaluate.py", "dataset=folder", f"dataset.root={photos / 'data'}", "dataset.split=val",
+         "dataset.num_classes=3", f"ckpt={history[-1]['best_checkpoint']}", "logger=none", "postprocess=crf",
+         f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={out}"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_clusters"] == K and metrics["coverage"] == 1.0 and metrics["images"] == 2
+
+
+@pytest.mark.slow
+def test_the_linear_head_on_the_packaged_dinov2(photos, tmp_path, cache_dir):
+    pytest.importorskip("onnx")
+    from datus.utils.refinement import run_refinement
+
+    overrides = [o for o in _overrides(photos, tmp_path, "linear_head", "trainer.max_epochs=2", "predict=true")
+                 if not o.startswith(("backbone=", "resize.size="))]
+    cfg = compose_config("train", [*overrides, f"paths.cache_dir={cache_dir}", "resize.size=112"], tmp_path)
+    history = run_refinement(cfg, loggers=[])
+    assert history[-1]["best_val_miou"] > 0
+    assert len(list((tmp_path / "refined" / "pseudo_masks").glob("*.png"))) == 4
+
+
+@pytest.mark.slow
+def test_a_killed_head_training_resumes_to_the_same_weights(photos, tmp_path):
+    command = [sys.executable, "train.py", *_overrides(photos, tmp_path, "segmenter", "trainer.max_epochs=4",
+                                                         "postprocess=none")]
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 600
+    while not last.is_file() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    first = torch.load(last, weights_only=True)
+    if first["epoch"] >= 3:
+        pytest.skip("the run finished before it could be killed")
+    subprocess.run([*command, "ckpt_path=last"], cwd=PROJECT_ROOT, check=True, capture_output=True, timeout=600)
+    clean_dir = tmp_path / "clean"
+    subprocess.run([sys.executable, "train.py", *_overrides(photos, clean_dir, "segmenter", "trainer.max_epochs=4",
+                                                            "postprocess=none")],
+                   cwd=PROJECT_ROOT, check=True, capture_output=True, timeout=600)
+    final = torch.load(last, weights_only=True)
+    clean = torch.load(clean_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert final["global_step"] == clean["global_step"] > first["global_step"]
+    for name, weight in clean["state_dict"].items():
+        assert torch.equal(final["state_dict"][name], weight), name
+
+
+# -- bad input: each refused before training, naming the setting or file ------------------------------
+def test_pseudo_masks_with_labels_beyond_k_are_refused(photos, tmp_path):
+    with pytest.raises(PseudoMaskError, match=r"k=3 but .* hold larger labels"):
+        _refine(photos, tmp_path, "linear_head", "k=3", "debug=fdr")
+
+
+def test_pseudo_masks_of_the_wrong_size_are_refused(photos, tmp_path):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for path in (photos / "run" / "pseudo_masks").glob("*.png"):
+        mask = np.asarray(Image.open(path))
+        Image.fromarray(mask[:-2] if path.stem == "coffee" else mask).save(masks / path.name)
+    with pytest.raises(PseudoMaskError, match=r"coffee.png is .* its image"):
+        _refine(photos, tmp_path, "linear_head", f"pseudo_masks={masks}", "debug=fdr")
+
+
+def test_a_head_that_does_not_fit_the_backbone_is_refused(photos, tmp_path):
+    from datus.backbones import BackboneError
+
+    with pytest.raises(BackboneError, match="block -5 does not exist"):
+        _refine(photos, tmp_path / "a", "linear_head", "model.features.blocks=[-5]", "debug=fdr")
+    with pytest.raises(InstantiationException, match="model.head.dim=30 must be a multiple of"):
+        _refine(photos, tmp_path / "b", "segmenter", "model.head.dim=30", "debug=fdr")
+
+
+def test_centroids_of_another_backbone_are_refused(photos, tmp_path):
+    from datus.labeling import KMeans
+
+    other = KMeans(K).fit(np.random.default_rng(0).normal(size=(40, 384)).astype(np.float32))  # ViT-S/14 keys
+    other.save(tmp_path / "centroids.npz")
+    with pytest.raises(InstantiationException, match=r"384-d centroids but the features are 48-d"):
+        _refine(photos, tmp_path, "align_block", f"model.head.centroids={tmp_path / 'centroids.npz'}", "debug=fdr")
+    with pytest.raises(InstantiationException, match="no such file"):
+        _refine(photos, tmp_path, "align_block", f"model.head.centroids={tmp_path / 'none.npz'}", "debug=fdr")
