@@ -11,7 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from datus.backbones import Backbone
@@ -31,6 +33,8 @@ from datus.labeling import (
     predict_missing,
     run_labeling,
 )
+from datus.labeling.run import ScoresToMask
+from datus.postprocess import DenseCRF
 from datus.runs import cache_entry, check_settings, job_lock, settings_key, shard_range
 
 log = logging.getLogger(__name__)
@@ -82,6 +86,19 @@ def _link_discovery(work: Path, out_dir: Path) -> None:
             atomic_write(copy, lambda f, p=picture: f.write(p.read_bytes()))
 
 
+def crf_from_scores(crf: DenseCRF, dataset: SegmentationDataset, temperature: float) -> ScoresToMask:
+    """Masks from per-patch cluster scores through ``crf`` with each original image (scores / ``temperature``
+    are the logits: cosine similarities to the centroids are within [-1, 1])."""
+    if temperature <= 0:
+        raise ValueError(f"labeling.score_temperature={temperature} must be > 0")
+
+    def to_mask(index: int, scores: np.ndarray) -> np.ndarray:
+        image = dataset.load(index)["image"].permute(1, 2, 0).numpy()
+        return crf(image, torch.from_numpy(np.asarray(scores, dtype=np.float32) / temperature))
+
+    return to_mask
+
+
 #: What a run writes into its output dir (removed when overwrite=true replaces another run).
 RUN_OUTPUTS = ("pseudo_masks", "pseudo_masks_color", "labeling", "pictures", "segments", "patch_tokens",
                "patch_keys", "metrics.json", "summary.json", "confusion_matrix.png", "samples.png")
@@ -128,6 +145,8 @@ def run_pipeline(
     shard_size: int = 256,
     num_pictures: int = 8,
     overwrite: bool = False,
+    postprocess: DenseCRF | None = None,
+    score_temperature: float = 0.05,
 ) -> dict[str, Any]:
     """Run ``method`` on ``dataset`` into ``out_dir``; returns the summary (with metrics if evaluated).
 
@@ -138,6 +157,8 @@ def run_pipeline(
     ``shard_index``/``shard_count`` make this job decompose one contiguous block of the split
     (``stage=segments``); ``stage=labels`` then clusters the whole split. Under DDP every rank
     runs the backbone passes and returns ``{}``; rank 0 clusters, writes and evaluates.
+    ``postprocess`` (the dense CRF) makes each mask from the per-patch cluster scores divided by
+    ``score_temperature`` and the image, instead of one label per patch.
     """
     check_choices(method, stage, segment_features)
     indices = shard_range(len(dataset), shard_index, shard_count)
@@ -149,6 +170,7 @@ def run_pipeline(
     _claim_output_dir(out_dir, run_settings if run_settings is not None else settings, overwrite)
     remove_stale_temporaries(out_dir)  # left by a killed run (SIGKILL cannot be caught)
     summary: dict[str, Any] = {}
+    scores_to_mask = None if postprocess is None else crf_from_scores(postprocess, dataset, score_temperature)
 
     if method == "kmeans_patches":
         key = {**{k: v for k, v in settings.items() if k != "graph"}, "patch_feature": patch_feature}
@@ -162,7 +184,7 @@ def run_pipeline(
             return {}
         summary["patch_tokens_computed_this_run"] = computed
         summary["patch_features_dir"] = str(store.folder)
-        summary["labeling"] = label_patches(store.read(), out_dir, kmeans)
+        summary["labeling"] = label_patches(store.read(), out_dir, kmeans, scores_to_mask)
         summary["labeling"]["patch_feature"] = patch_feature
     else:
         work = cache_entry(cache_dir, "discovery", settings) if cache_dir else out_dir
@@ -202,7 +224,8 @@ def run_pipeline(
                 features = ArrayLookup(crop_store)  # read shard by shard while labelling
             if global_rank() != 0:
                 return {}
-            summary["labeling"] = run_labeling(segments, out_dir, kmeans, features, fill=fill, weighted=weighted)
+            summary["labeling"] = run_labeling(segments, out_dir, kmeans, features, fill=fill, weighted=weighted,
+                                               scores_to_mask=scores_to_mask)
             summary["labeling"]["segment_features"] = segment_features
         elif global_rank() != 0:
             return {}

@@ -255,3 +255,29 @@ def test_centroids_of_another_backbone_are_refused(photos, tmp_path):
         _refine(photos, tmp_path, "align_block", f"model.head.centroids={tmp_path / 'centroids.npz'}", "debug=fdr")
     with pytest.raises(InstantiationException, match="no such file"):
         _refine(photos, tmp_path, "align_block", f"model.head.centroids={tmp_path / 'none.npz'}", "debug=fdr")
+
+
+@pytest.mark.parametrize("method", ["datus", "kmeans_patches"])
+def test_discover_makes_masks_through_the_crf_from_cluster_scores(tmp_path, cache_dir, method):
+    """postprocess=crf: pixel-level masks (not one label per patch), labels in range; without fill the
+    invalid segments' pixels stay unlabelled exactly as without the CRF."""
+    from datus.pipeline import run_pipeline
+    from datus.utils.pipeline import pipeline_kwargs
+
+    masks = {}
+    for post in ("none", "crf"):
+        out = tmp_path / post
+        cfg = compose_config("discover", ["backbone=tiny_vit", "resize.size=64", "logger=none", f"method={method}",
+                                          "labeling.k=3", "labeling.fill=false", f"postprocess={post}",
+                                          "trainer.enable_progress_bar=false", f"paths.cache_dir={cache_dir}"], out)
+        summary = run_pipeline(**pipeline_kwargs(cfg, out))
+        masks[post] = {p.name: np.asarray(Image.open(p)) for p in sorted((out / "pseudo_masks").glob("*.png"))}
+        assert len(masks[post]) == 5
+    assert summary["labeling"]["postprocessed"]
+    changed = 0
+    for name, plain in masks["none"].items():
+        sharp = masks["crf"][name]
+        assert sharp.shape == plain.shape and set(np.unique(sharp)) <= {0, 1, 2, 255}
+        assert ((sharp == 255) == (plain == 255)).all()
+        changed += int((sharp != plain).sum())
+    assert changed > 0

@@ -116,16 +116,19 @@ class KMeans:
         self.points_used = min(len(x), per_centroid * self.k)
         return self
 
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        """Nearest centroid of each feature, ``(n,)`` int64 (inner product if spherical)."""
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        """``(n, k)`` closeness of each feature to each centroid: cosine similarity if spherical, else
+        the negative squared distance (higher = closer; the argmax is :meth:`predict`)."""
         if self.centroids is None:
             raise RuntimeError("KMeans.predict before fit/load")
         x = self.transform(features)
         if self.spherical:
-            scores = x @ self.centroids.T
-            return scores.argmax(axis=1).astype(np.int64)
-        d = (x**2).sum(1, keepdims=True) - 2 * x @ self.centroids.T + (self.centroids**2).sum(1)
-        return d.argmin(axis=1).astype(np.int64)
+            return x @ self.centroids.T
+        return -((x**2).sum(1, keepdims=True) - 2 * x @ self.centroids.T + (self.centroids**2).sum(1))
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Nearest centroid of each feature, ``(n,)`` int64 (inner product if spherical)."""
+        return self.scores(features).argmax(axis=1).astype(np.int64)
 
     def save(self, path: str | Path) -> Path:
         """Save centroids and preprocessing as ``.npz`` (no pickle)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +26,22 @@ from datus.labeling.masks import (
 log = logging.getLogger(__name__)
 
 
+#: ``(dataset index, (K, h, w) per-patch cluster scores) -> (H, W) uint8 mask`` at the original size,
+#: e.g. the dense CRF with the image (see :func:`datus.pipeline.crf_from_scores`).
+ScoresToMask = Callable[[int, np.ndarray], np.ndarray]
+
+
 def write_pseudo_masks(out_dir: Path, masks: Iterable[tuple[str, np.ndarray, tuple[int, int]]], k: int) -> dict[str, Any]:
     """Write ``pseudo_masks/<stem>.png`` and ``pseudo_masks_color/<stem>.png`` at original size.
 
-    ``masks`` yields ``(stem, (h, w) patch labels, (H, W) original size)``. Returns pixel
-    coverage and cluster sizes.
+    ``masks`` yields ``(stem, labels, (H, W) original size)``: labels per patch ``(h, w)``
+    (upsampled here, nearest) or already at the original size. Returns pixel coverage and
+    cluster sizes.
     """
     colors = palette(k)
     counts = np.zeros(256, dtype=np.int64)
     for stem, labels, size in masks:
-        mask = upsample_labels(labels, size)
+        mask = labels if labels.shape == tuple(size) else upsample_labels(labels, size)
         save_mask(out_dir / "pseudo_masks" / f"{stem}.png", mask)
         save_color_mask(out_dir / "pseudo_masks_color" / f"{stem}.png", mask, colors)
         counts += np.bincount(mask.ravel(), minlength=256)
@@ -68,6 +74,7 @@ def run_labeling(
     segment_features: Mapping[int, np.ndarray] | None = None,
     fill: bool = False,
     weighted: bool = False,
+    scores_to_mask: ScoresToMask | None = None,
 ) -> dict[str, Any]:
     """Cluster the valid segments of every image in ``store``; write pseudo masks and centroids.
 
@@ -75,7 +82,10 @@ def run_labeling(
     stored mean patch features (e.g. crop CLS embeddings). ``fill=True`` also gives invalid
     segments their nearest centroid (not used to fit it), so fewer pixels stay unlabelled.
     ``weighted=True`` weighs each segment by its size in patches, so k-means minimises the
-    error per patch (as pixels are scored) rather than per segment.
+    error per patch (as pixels are scored) rather than per segment. ``scores_to_mask`` makes
+    each mask from the per-patch cluster scores (each patch its segment's scores to every
+    centroid) instead of the hard labels, e.g. through the dense CRF; without ``fill`` the
+    pixels of invalid segments stay unlabelled.
 
     Memory grows with the number of segments only: the store is streamed twice (the valid
     segments' features go to a float16 scratch file that is memory-mapped, then labels and
@@ -121,7 +131,8 @@ def run_labeling(
         for record in store:
             dec = record.decomposition
             feats = features_of(record)
-            labels = kmeans.predict(feats) if len(feats) else np.zeros(0, dtype=np.int64)
+            scores = kmeans.scores(feats) if len(feats) else np.zeros((0, kmeans.k), dtype=np.float32)
+            labels = scores.argmax(axis=1).astype(np.int64)
             strict = np.where(dec.segment_valid, labels, -1)
             chosen = labels if fill else strict
             indices.append(record.index)
@@ -131,7 +142,14 @@ def run_labeling(
                 mask = upsample_labels(patch_labels(dec.segments, strict), record.orig_size)
                 covered_strict += int((mask != UNLABELLED).sum())
                 total += mask.size
-            yield record.stem, patch_labels(dec.segments, chosen), record.orig_size
+            if scores_to_mask is None:
+                yield record.stem, patch_labels(dec.segments, chosen), record.orig_size
+                continue
+            mask = scores_to_mask(record.index, scores[dec.segments].transpose(2, 0, 1))
+            if not fill:
+                mask = np.where(upsample_labels(patch_labels(dec.segments, strict), mask.shape) == UNLABELLED,
+                                UNLABELLED, mask).astype(np.uint8)
+            yield record.stem, mask, record.orig_size
 
     written = write_pseudo_masks(out_dir, masks(), kmeans.k)
     folder = out_dir / "labeling"
@@ -154,6 +172,7 @@ def run_labeling(
         "kmeans_objective": kmeans.objective,
         "fill": fill,
         "weighted": weighted,
+        "postprocessed": scores_to_mask is not None,
         "coverage": written["coverage"],
         "coverage_without_fill": (covered_strict / total if total else 0.0) if fill else written["coverage"],
         "cluster_pixels": written["cluster_pixels"],
@@ -164,8 +183,10 @@ def label_patches(
     patch_features: dict[int, tuple[str, np.ndarray, tuple[int, ...]]],
     out_dir: str | Path,
     kmeans: KMeans,
+    scores_to_mask: ScoresToMask | None = None,
 ) -> dict[str, Any]:
-    """The baseline: k-means on every L2-normalised patch feature of the split, masks per patch."""
+    """The baseline: k-means on every L2-normalised patch feature of the split, masks per patch
+    (or made by ``scores_to_mask`` from the ``(K, h, w)`` patch-to-centroid scores)."""
     out_dir = Path(out_dir)
     order = sorted(patch_features)
     train = np.concatenate([patch_features[i][1] for i in order]).astype(np.float32)
@@ -177,7 +198,11 @@ def label_patches(
         for i in order:
             stem, feats, meta = patch_features[i]
             grid, size = meta[:2], meta[2:4]
-            yield stem, kmeans.predict(feats.astype(np.float32)).reshape(grid).astype(np.uint8), size
+            scores = kmeans.scores(feats.astype(np.float32))
+            if scores_to_mask is None:
+                yield stem, scores.argmax(axis=1).reshape(grid).astype(np.uint8), size
+            else:
+                yield stem, scores_to_mask(i, scores.T.reshape(-1, *grid)), size
 
     written = write_pseudo_masks(out_dir, masks(), kmeans.k)
     return {
@@ -185,6 +210,7 @@ def label_patches(
         "k": kmeans.k,
         "images": len(order),
         "patches_clustered": int(len(train)),
+        "postprocessed": scores_to_mask is not None,
         "kmeans_points_used": kmeans.points_used,
         "kmeans_objective": kmeans.objective,
         "coverage": written["coverage"],

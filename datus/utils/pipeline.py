@@ -16,7 +16,7 @@ log = logging.getLogger("datus")
 #: Config nodes that change the backbone passes (segments, patch features): the cache key.
 SETTINGS_KEYS = ("backbone", "dataset", "resize", "graph")
 #: Config nodes that change the pseudo masks: a rerun into the same output dir must match them.
-RUN_KEYS = (*SETTINGS_KEYS, "labeling", "method", "seed")
+RUN_KEYS = (*SETTINGS_KEYS, "labeling", "method", "seed", "postprocess")
 
 
 def _absolute_root(container: dict) -> dict:
@@ -61,4 +61,6 @@ def pipeline_kwargs(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         cache_dir=cfg.cache_dir, shard_index=cfg.shard.index, shard_count=cfg.shard.count,
         batch_size=cfg.batch_size, num_workers=cfg.num_workers, shard_size=cfg.shard_size,
         num_pictures=cfg.num_pictures, overwrite=cfg.overwrite,
+        postprocess=instantiate(cfg.postprocess) if cfg.get("postprocess") else None,
+        score_temperature=cfg.labeling.score_temperature,
     )
