@@ -281,3 +281,21 @@ def test_discover_makes_masks_through_the_crf_from_cluster_scores(tmp_path, cach
         assert ((sharp == 255) == (plain == 255)).all()
         changed += int((sharp != plain).sum())
     assert changed > 0
+
+
+@pytest.mark.parametrize("model", sorted(p.stem for p in (PROJECT_ROOT / "conf" / "model").glob("[!_]*.yaml")))
+def test_model_configs_compose_and_instantiate(model, tmp_path):
+    from hydra.utils import instantiate
+
+    cfg = compose_config("train", [f"model={model}", "k=5", "pseudo_masks=/data/run/pseudo_masks"], tmp_path)
+    if model == "align_block":
+        assert cfg.model.head.centroids == "/data/run/pseudo_masks/../labeling/centroids.npz"
+        cfg.model.head.centroids = None
+    module = instantiate(cfg.model, class_names=["a", "b"])
+    assert module.hparams.num_clusters == 5
+    if model.startswith("deeplabv3_") and model != "deeplabv3_head":
+        assert set(module.hparams.data) >= {"crop_size", "eval_short_side"}
+    else:
+        assert module.hparams.backbone["name"] == "dinov2_vits14" and module.hparams.resize == {"size": 448,
+                                                                                                "mode": "short_side"}
+        assert module.eval()(torch.randn(1, 384, 4, 5)).shape == (1, 5, 4, 5)

@@ -57,6 +57,8 @@ def run_refinement(cfg: DictConfig, loggers: list | None = None) -> list[dict]:
     if cfg.pseudo_masks is None:
         raise PseudoMaskError("pass pseudo_masks=DIR (the pseudo_masks/ folder written by discover.py)")
     masks = Path(cfg.pseudo_masks)
+    if not masks.is_dir():
+        raise PseudoMaskError(f"pseudo_masks={masks}: no such folder")
     out_dir = Path(cfg.paths.output_dir)
     remove_stale_temporaries(out_dir)
     train_set = instantiate(cfg.dataset, split=cfg.train_split)
