@@ -29,7 +29,7 @@ from datus.postprocess import upsample_scores
 from datus.refine.features import FeatureCache, FeatureIndex, FeatureSpec, feature_maps
 from datus.refine.head_data import FeatureMaskDataModule, FeatureMasks
 from datus.refine.heads import AlignBlock, build_head
-from datus.refine.optim import configure_optimizers
+from datus.refine.optim import configure_optimizers, finish_validation
 
 
 class HeadModule(pl.LightningModule):
@@ -210,18 +210,8 @@ class HeadModule(pl.LightningModule):
                                        "truth": truth.cpu().numpy(), "pred": pred.cpu().numpy().astype(np.uint8)})
 
     def on_validation_epoch_end(self) -> None:
-        if self.val_metric is None:
-            return
-        result = self.val_metric.compute()
-        self.val_metric.reset()
-        self.log_dict({"val/miou": result["miou"], "val/pixel_accuracy": result["pixel_accuracy"],
-                       "val/mean_f1": result["mean_f1"]}, prog_bar=True, sync_dist=False)
-        if self.picture_dir and self._pictures and self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            from datus.evaluation import samples_figure
-            from datus.io import save_figure
-
-            save_figure(Path(self.picture_dir) / f"epoch_{self.current_epoch:03d}.png",
-                        samples_figure(self._pictures, result, self.class_names))
+        if self.val_metric is not None:
+            finish_validation(self, self._pictures)
         self._pictures = []
 
     def configure_optimizers(self) -> Any:

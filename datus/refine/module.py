@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,7 +14,7 @@ from datus.io import plain
 from datus.metrics import UNLABELLED, ClusterConfusion
 from datus.refine.data import PseudoMaskDataModule
 from datus.refine.model import build_segmenter
-from datus.refine.optim import configure_optimizers
+from datus.refine.optim import configure_optimizers, finish_validation
 
 
 class RefineModule(pl.LightningModule):
@@ -95,19 +94,8 @@ class RefineModule(pl.LightningModule):
                                    "truth": batch["mask"][0].cpu().numpy(), "pred": pred[0].cpu().numpy().astype(np.uint8)})
 
     def on_validation_epoch_end(self) -> None:
-        if self.val_metric is None:
-            return
-        result = self.val_metric.compute()
-        self.val_metric.reset()
-        self.log_dict({"val/miou": result["miou"], "val/pixel_accuracy": result["pixel_accuracy"],
-                       "val/mean_f1": result["mean_f1"]}, prog_bar=True, sync_dist=False)
-        if self.picture_dir and self._pictures and self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            from datus.evaluation import samples_figure
-            from datus.io import save_figure
-
-            pictures = [dict(p, image=_resize_like(p["image"], p["truth"].shape)) for p in self._pictures]
-            fig = samples_figure(pictures, result, self.class_names)
-            save_figure(Path(self.picture_dir) / f"epoch_{self.current_epoch:03d}.png", fig)
+        if self.val_metric is not None:
+            finish_validation(self, [dict(p, image=_resize_like(p["image"], p["truth"].shape)) for p in self._pictures])
         self._pictures = []
 
     def configure_optimizers(self) -> Any:

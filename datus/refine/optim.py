@@ -24,3 +24,22 @@ def configure_optimizers(module: pl.LightningModule, optimizer_factory=None, sch
         kwargs["total_steps"] = max(1, int(module.trainer.estimated_stepping_batches))
     scheduler = scheduler_factory(optimizer, **kwargs)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def finish_validation(module: pl.LightningModule, pictures: list[dict]) -> None:
+    """End a validation epoch: log ``val/miou``, ``val/pixel_accuracy`` and ``val/mean_f1`` from
+    ``module.val_metric`` (then reset it) and save ``pictures`` (image, truth, prediction) as
+    ``<module.picture_dir>/epoch_<n>.png`` on rank 0, outside the sanity check."""
+    result = module.val_metric.compute()
+    module.val_metric.reset()
+    module.log_dict({"val/miou": result["miou"], "val/pixel_accuracy": result["pixel_accuracy"],
+                     "val/mean_f1": result["mean_f1"]}, prog_bar=True, sync_dist=False)
+    trainer = module.trainer
+    if module.picture_dir and pictures and trainer.is_global_zero and not trainer.sanity_checking:
+        from pathlib import Path
+
+        from datus.evaluation import samples_figure
+        from datus.io import save_figure
+
+        save_figure(Path(module.picture_dir) / f"epoch_{module.current_epoch:03d}.png",
+                    samples_figure(pictures, result, module.class_names))
