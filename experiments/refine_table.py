@@ -6,8 +6,9 @@ Runs the README's commands as subprocesses and collects their numbers:
         --train-masks OUT_TRAIN/pseudo_masks --out experiments/bench/refine_camvid.json
 
 For each (split, model): ``train.py`` on that split's pseudo masks (val: transductive, trained on
-val's own pseudo masks and scored on val's ground truth; train: trained on train's pseudo masks,
-validated on val, scored on train's ground truth) with ``predict=true`` (refined masks through the
+val's own pseudo masks and scored on val's ground truth, with no validation, so no checkpoint is
+chosen by the ground truth it is scored on: the last one is used; train: trained on train's pseudo
+masks, the best checkpoint by val's ground truth, scored on train's ground truth) with ``predict=true`` (refined masks through the
 default ``postprocess=crf``), then ``evaluate.py ckpt=<best> postprocess=none`` on the same split
 for the number without the CRF. The first run of each split starts from an empty feature cache,
 so its minutes include the backbone pass; peak RSS is the child process's.
@@ -52,16 +53,17 @@ def main() -> None:
     done = {(r["split"], r["model"], r["rounds"]) for r in rows}
     models = args.models.split(",")
     jobs = []  # per split: the first model at every rounds value, then the other models
-    for split in args.splits.split(","):
-        jobs += [(split, models[0], int(r)) for r in args.rounds.split(",")]
-        jobs += [(split, model, 1) for model in models[1:]]
+    splits = args.splits.split(",")
+    jobs += [(split, models[0], int(r)) for split in splits for r in args.rounds.split(",")]
+    jobs += [(split, model, 1) for split in splits for model in models[1:]]
     for split, model, rounds in jobs:
         if (split, model, rounds) in done:
             continue
         masks = args.val_masks if split == "val" else args.train_masks
         run_dir = args.work / f"{split}_{model}_r{rounds}"
         common = ["dataset=camvid", f"dataset.root={args.root}", "logger=csv", f"cache_dir={args.work / 'cache'}"]
-        minutes, peak = run([sys.executable, "train.py", *common, f"train_split={split}", "val_split=val",
+        validation = "val_split=null" if split == "val" else "val_split=val"
+        minutes, peak = run([sys.executable, "train.py", *common, f"train_split={split}", validation,
                              f"pseudo_masks={masks}", f"model={model}", f"rounds={rounds}", "predict=true",
                              f"hydra.run.dir={run_dir}"])
         summary = json.loads((run_dir / "train_summary.json").read_text())
