@@ -46,26 +46,27 @@ def main() -> None:
     parser.add_argument("--models", default="linear_head,deeplabv3_head,segmenter,align_block")
     parser.add_argument("--splits", default="val,train")
     parser.add_argument("--rounds", default="1", help="comma-separated rounds values for the first model")
+    parser.add_argument("--epochs", type=int, default=20, help="trainer.max_epochs (train.yaml's default: 20)")
     parser.add_argument("--work", type=Path, default=Path("out/refine_table"))
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     rows = json.loads(args.out.read_text()) if args.out.is_file() else []
-    done = {(r["split"], r["model"], r["rounds"]) for r in rows}
+    done = {(r["split"], r["model"], r["rounds"], r.get("epochs", 10)) for r in rows}
     models = args.models.split(",")
     jobs = []  # per split: the first model at every rounds value, then the other models
     splits = args.splits.split(",")
     jobs += [(split, models[0], int(r)) for split in splits for r in args.rounds.split(",")]
     jobs += [(split, model, 1) for split in splits for model in models[1:]]
     for split, model, rounds in jobs:
-        if (split, model, rounds) in done:
+        if (split, model, rounds, args.epochs) in done:
             continue
         masks = args.val_masks if split == "val" else args.train_masks
-        run_dir = args.work / f"{split}_{model}_r{rounds}"
+        run_dir = args.work / f"{split}_{model}_r{rounds}_e{args.epochs}"
         common = ["dataset=camvid", f"dataset.root={args.root}", "logger=csv", f"cache_dir={args.work / 'cache'}"]
         validation = "val_split=null" if split == "val" else "val_split=val"
         minutes, peak = run([sys.executable, "train.py", *common, f"train_split={split}", validation,
                              f"pseudo_masks={masks}", f"model={model}", f"rounds={rounds}", "predict=true",
-                             f"hydra.run.dir={run_dir}"])
+                             f"trainer.max_epochs={args.epochs}", f"hydra.run.dir={run_dir}"])
         summary = json.loads((run_dir / "train_summary.json").read_text())
         last = summary["rounds"][-1]
         eval_dir = run_dir / "eval_without_crf"
@@ -74,7 +75,7 @@ def main() -> None:
         plain = json.loads((eval_dir / "metrics.json").read_text())
         before = json.loads((masks.parent / "metrics.json").read_text())
         rows.append({
-            "split": split, "model": model, "rounds": rounds, "transductive": split == "val",
+            "split": split, "model": model, "rounds": rounds, "epochs": args.epochs, "transductive": split == "val",
             "pseudo_masks_miou": before["miou"], "pseudo_masks_pixel_accuracy": before["pixel_accuracy"],
             "refined_miou": plain["miou"], "refined_pixel_accuracy": plain["pixel_accuracy"],
             "refined_crf_miou": last["refined_train_miou"], "refined_crf_pixel_accuracy": last["refined_train_pixel_accuracy"],
@@ -83,11 +84,11 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=1))
         print(json.dumps(rows[-1]), flush=True)
-    print("| split | model | rounds | pseudo masks | refined | refined + CRF | minutes | peak RSS |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| split | model | rounds | epochs | pseudo masks | refined | refined + CRF | minutes | peak RSS |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
-        print(f"| {r['split']}{' (transductive)' if r['transductive'] else ''} | {r['model']} | {r['rounds']} | "
+        print(f"| {r['split']}{' (transductive)' if r['transductive'] else ''} | {r['model']} | {r['rounds']} | {r.get('epochs', 10)} | "
               f"{pct(r['pseudo_masks_miou'])} / {pct(r['pseudo_masks_pixel_accuracy'])} | "
               f"{pct(r['refined_miou'])} / {pct(r['refined_pixel_accuracy'])} | "
               f"{pct(r['refined_crf_miou'])} / {pct(r['refined_crf_pixel_accuracy'])} | {r['minutes']} | {r['peak_rss_gb']} GB |")
