@@ -14,8 +14,8 @@ from datus.data import (
     SegmentationDataset,
     read_image,
 )
-from datus.labeling.masks import read_mask
-from datus.metrics import UNLABELLED, ClusterConfusion
+from datus.masks import UNLABELLED, infer_k, largest_label, read_mask
+from datus.metrics import ClusterConfusion
 
 
 class EvaluationError(ValueError):
@@ -65,13 +65,7 @@ def evaluate_masks(
             f"(e.g. {', '.join(missing[:5])}); pass allow_missing=true to count them as unlabelled"
         )
     if num_clusters is None:
-        found = 0
-        for stem, path in paths.items():
-            if stem not in missing:
-                labels = np.unique(_read_png(path))
-                labels = labels[labels != UNLABELLED]
-                found = max(found, int(labels.max()) + 1 if labels.size else 0)
-        num_clusters = max(found, 2)
+        num_clusters = infer_k(largest_label(_read_png(path)) for stem, path in paths.items() if stem not in missing)
     metric = ClusterConfusion(num_clusters, list(dataset.classes), protocol=protocol)
     samples: list[dict[str, np.ndarray]] = []
     for sample in dataset.samples:
@@ -99,72 +93,12 @@ def evaluate_masks(
     return result, samples
 
 
-def class_palette(num_classes: int) -> np.ndarray:
-    """Colours for classes (shared by ground truth and matched predictions); 255 black."""
-    from datus.labeling.masks import palette
-
-    return palette(num_classes)
 
 
-def map_clusters(pred: np.ndarray, result: dict[str, Any], class_names: list[str]) -> np.ndarray:
-    """Replace cluster ids by their Hungarian-matched class ids (unmatched/unlabelled -> 255)."""
-    lut = np.full(256, UNLABELLED, dtype=np.uint8)
-    index = {name: i for i, name in enumerate(class_names)}
-    for cluster, name in result["matching"]["cluster_to_class"].items():
-        if name is not None:
-            lut[int(cluster)] = index[name]
-    return lut[pred]
 
 
-def confusion_figure(result: dict[str, Any], class_names: list[str]):
-    """Row-normalised (per ground-truth class) matched confusion matrix with class names."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    matched = np.array(result["matched_confusion"], dtype=np.float64)  # (C+1 predicted, C truth)
-    norm = matched.T / np.maximum(matched.sum(axis=0)[:, None], 1)  # rows: truth
-    c = len(class_names)
-    fig, ax = plt.subplots(figsize=(0.55 * c + 2.5, 0.5 * c + 1.8))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(c + 1), [*class_names, "wrong /\nunlabelled"], rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(c), class_names, fontsize=8)
-    ax.set_xlabel("prediction (after Hungarian matching)")
-    ax.set_ylabel("ground truth")
-    for i in range(c):
-        for j in range(c + 1):
-            if norm[i, j] >= 0.01:
-                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                        color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_title(f"mIoU {100 * result['miou']:.1f}  pixel acc. {100 * result['pixel_accuracy']:.1f}", fontsize=10)
-    fig.colorbar(im, ax=ax, fraction=0.04)
-    fig.tight_layout()
-    return fig
 
 
-def samples_figure(samples: list[dict[str, np.ndarray]], result: dict[str, Any], class_names: list[str]):
-    """Grid: image | ground truth | prediction after matching, in one class palette."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    colors = class_palette(len(class_names))
-    rows = max(len(samples), 1)
-    fig, axes = plt.subplots(rows, 3, figsize=(10, 2.6 * rows), squeeze=False)
-    for r, s in enumerate(samples):
-        for ax, picture, title in zip(
-            axes[r],
-            (s["image"], colors[s["truth"].clip(0, 255).astype(np.uint8)],
-             colors[map_clusters(s["pred"], result, class_names)]),
-            (s["stem"], "ground truth", "prediction (matched)"),
-        ):
-            ax.imshow(picture)
-            ax.set_title(title, fontsize=8)
-            ax.axis("off")
-    fig.tight_layout()
-    return fig
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -186,6 +120,7 @@ def format_table(result: dict[str, Any]) -> str:
 
 def write_report(out_dir: str | Path, result: dict[str, Any], samples, class_names: list[str]) -> None:
     """``metrics.json``, ``confusion_matrix.png`` and ``samples.png`` under ``out_dir``."""
+    from datus.figures import confusion_figure, samples_figure
     from datus.io import save_figure, write_json
 
     out_dir = Path(out_dir)

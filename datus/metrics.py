@@ -19,7 +19,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torchmetrics import Metric
 
-UNLABELLED = 255
+from datus.masks import UNLABELLED
 
 
 def _per_class(matched: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:

@@ -20,7 +20,8 @@ import torch
 from datus.backbones import build_backbone
 from datus.data import CamVid
 from datus.discovery import Affinity, Louvain, SceneDecomposer
-from datus.labeling import KMeans, patch_labels, upsample_labels
+from datus.labeling import KMeans
+from datus.masks import patch_labels, upsample_labels
 from datus.metrics import ClusterConfusion
 from datus.transforms import ResizeForBackbone
 

@@ -14,7 +14,8 @@ from PIL import Image
 from datus.backbones import build_backbone
 from datus.data import CamVid, DemoImages
 from datus.discovery import Affinity, Louvain, RunConflictError, SceneDecomposer, SegmentStore
-from datus.labeling import KMeans, segment_crops, upsample_labels
+from datus.labeling import KMeans, segment_crops
+from datus.masks import upsample_labels
 from datus.pipeline import run_pipeline
 from datus.transforms import ResizeForBackbone
 

@@ -91,7 +91,7 @@ class SegmentWriter(BasePredictionWriter):
         for record in prediction["records"]:
             self.buffer.append(record)
             if record.index in self.pictures and self.picture_dir is not None:
-                from datus.discovery.pictures import decomposition_figure
+                from datus.figures import decomposition_figure
 
                 image = prediction["images"][record.index].permute(1, 2, 0).cpu().numpy()
                 fig = decomposition_figure(image, record.decomposition, title=record.stem)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,15 +13,7 @@ import numpy as np
 from datus.discovery.store import SegmentStore
 from datus.io import atomic_write, scratch_file
 from datus.labeling.kmeans import KMeans
-from datus.labeling.masks import (
-    UNLABELLED,
-    palette,
-    patch_labels,
-    save_color_mask,
-    save_legend,
-    save_mask,
-    upsample_labels,
-)
+from datus.masks import UNLABELLED, patch_labels, save_masks, upsample_labels
 
 log = logging.getLogger(__name__)
 
@@ -29,29 +21,6 @@ log = logging.getLogger(__name__)
 #: ``(dataset index, (K, h, w) per-patch cluster scores) -> (H, W) uint8 mask`` at the original size,
 #: e.g. the dense CRF with the image (see :func:`datus.pipeline.crf_from_scores`).
 ScoresToMask = Callable[[int, np.ndarray], np.ndarray]
-
-
-def write_pseudo_masks(out_dir: Path, masks: Iterable[tuple[str, np.ndarray, tuple[int, int]]], k: int) -> dict[str, Any]:
-    """Write ``pseudo_masks/<stem>.png`` and ``pseudo_masks_color/<stem>.png`` at original size.
-
-    ``masks`` yields ``(stem, labels, (H, W) original size)``: labels per patch ``(h, w)``
-    (upsampled here, nearest) or already at the original size. Returns pixel coverage and
-    cluster sizes.
-    """
-    colors = palette(k)
-    counts = np.zeros(256, dtype=np.int64)
-    for stem, labels, size in masks:
-        mask = labels if labels.shape == tuple(size) else upsample_labels(labels, size)
-        save_mask(out_dir / "pseudo_masks" / f"{stem}.png", mask)
-        save_color_mask(out_dir / "pseudo_masks_color" / f"{stem}.png", mask, colors)
-        counts += np.bincount(mask.ravel(), minlength=256)
-    save_legend(out_dir / "pseudo_masks_color" / "legend.png", k, colors)
-    total = counts.sum()
-    return {
-        "coverage": float(1 - counts[UNLABELLED] / total) if total else 0.0,
-        "cluster_pixels": counts[:k].tolist(),
-        "unlabelled_pixels": int(counts[UNLABELLED]),
-    }
 
 
 def training_sample(count: int, kmeans: KMeans) -> np.ndarray | None:
@@ -151,7 +120,7 @@ def run_labeling(
                                 UNLABELLED, mask).astype(np.uint8)
             yield record.stem, mask, record.orig_size
 
-    written = write_pseudo_masks(out_dir, masks(), kmeans.k)
+    written = save_masks(out_dir, masks(), kmeans.k)
     folder = out_dir / "labeling"
     kmeans.save(folder / "centroids.npz")
     arrays = {
@@ -204,7 +173,7 @@ def label_patches(
             else:
                 yield stem, scores_to_mask(i, scores.T.reshape(-1, *grid)), size
 
-    written = write_pseudo_masks(out_dir, masks(), kmeans.k)
+    written = save_masks(out_dir, masks(), kmeans.k)
     return {
         "method": "kmeans_patches",
         "k": kmeans.k,

@@ -13,8 +13,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from datus.data import SegmentationDataset
-from datus.labeling.masks import read_mask
-from datus.metrics import UNLABELLED
+from datus.masks import infer_k, largest_label, read_mask
 
 
 class PseudoMaskError(ValueError):
@@ -39,7 +38,7 @@ def check_pseudo_masks(dataset: SegmentationDataset, masks_dir: str | Path, k: i
     masks_dir = Path(masks_dir)
     if not masks_dir.is_dir():
         raise PseudoMaskError(f"pseudo_masks={masks_dir}: no such folder")
-    missing, wrong_size, largest, too_large = [], [], 0, []
+    missing, wrong_size, largest, too_large = [], [], [], []
     for sample in dataset.samples:
         path = masks_dir / f"{sample.stem}.png"
         if not path.is_file():
@@ -50,9 +49,8 @@ def check_pseudo_masks(dataset: SegmentationDataset, masks_dir: str | Path, k: i
             width, height = image.size
         if mask.shape != (height, width):
             wrong_size.append(f"{path.name} is {mask.shape[1]}x{mask.shape[0]}, its image {width}x{height}")
-        labels = mask[mask != UNLABELLED]
-        top = int(labels.max()) if labels.size else -1
-        largest = max(largest, top)
+        top = largest_label(mask)
+        largest.append(top)
         if k is not None and top >= k:
             too_large.append(f"{path.name} (label {top})")
     if missing:
@@ -65,7 +63,7 @@ def check_pseudo_masks(dataset: SegmentationDataset, masks_dir: str | Path, k: i
         raise PseudoMaskError(f"k={k} but {len(too_large)} pseudo masks in {masks_dir} hold larger labels: "
                               f"{', '.join(too_large[:5])}; pass k=null to take K from the masks, or the k "
                               "discover.py used (labeling.k)")
-    return int(k) if k is not None else max(2, largest + 1)
+    return int(k) if k is not None else infer_k(largest)
 
 
 class PairedMasks(Dataset):

@@ -23,8 +23,8 @@ from torch import Tensor
 
 from datus.backbones import Backbone, build_backbone, get_backbone_spec
 from datus.io import plain
-from datus.labeling.masks import read_mask
-from datus.metrics import UNLABELLED, ClusterConfusion
+from datus.masks import UNLABELLED, read_mask
+from datus.metrics import ClusterConfusion
 from datus.postprocess import upsample_scores
 from datus.refine.features import FeatureCache, FeatureIndex, FeatureSpec, feature_maps
 from datus.refine.head_data import FeatureMaskDataModule, FeatureMasks

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from datus.io import plain
-from datus.metrics import UNLABELLED, ClusterConfusion
+from datus.masks import UNLABELLED
+from datus.metrics import ClusterConfusion
 from datus.refine.data import PseudoMaskDataModule
 from datus.refine.model import build_segmenter
 from datus.refine.optim import configure_optimizers, finish_validation

@@ -38,7 +38,7 @@ def finish_validation(module: pl.LightningModule, pictures: list[dict]) -> None:
     if module.picture_dir and pictures and trainer.is_global_zero and not trainer.sanity_checking:
         from pathlib import Path
 
-        from datus.evaluation import samples_figure
+        from datus.figures import samples_figure
         from datus.io import save_figure
 
         save_figure(Path(module.picture_dir) / f"epoch_{module.current_epoch:03d}.png",

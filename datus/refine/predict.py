@@ -10,7 +10,7 @@ import torch
 from rich.progress import track
 
 from datus.data import SegmentationDataset
-from datus.labeling.masks import palette, save_color_mask, save_legend, save_mask
+from datus.masks import save_masks
 from datus.metrics import ClusterConfusion
 from datus.postprocess import DenseCRF, labels_from_scores
 
@@ -31,20 +31,23 @@ def write_predictions(
     next round, or evaluate.py, reads them the same way). Returns the metrics against the
     split's ground truth when it has any and ``evaluate``.
     """
-    colors = palette(num_clusters)
     metric = ClusterConfusion(num_clusters, list(dataset.classes)) if evaluate and dataset.has_masks else None
-    for index in track(range(len(dataset)), description=f"predicting {dataset.split}", transient=True):
-        item = dataset.load(index)
-        size = tuple(item["image"].shape[-2:])
-        image = item["image"].permute(1, 2, 0).numpy() if crf is not None else None
-        mask = labels_from_scores(logits_of(index).float().cpu(), size, image, crf)
-        if out_dir is not None:
-            save_mask(Path(out_dir) / "pseudo_masks" / f"{item['stem']}.png", mask)
-            save_color_mask(Path(out_dir) / "pseudo_masks_color" / f"{item['stem']}.png", mask, colors)
-        if metric is not None:
-            metric.update(torch.from_numpy(mask).long(), item["mask"])
-    if out_dir is not None:
-        save_legend(Path(out_dir) / "pseudo_masks_color" / "legend.png", num_clusters, colors)
+
+    def masks():
+        for index in track(range(len(dataset)), description=f"predicting {dataset.split}", transient=True):
+            item = dataset.load(index)
+            size = tuple(item["image"].shape[-2:])
+            image = item["image"].permute(1, 2, 0).numpy() if crf is not None else None
+            mask = labels_from_scores(logits_of(index).float().cpu(), size, image, crf)
+            if metric is not None:
+                metric.update(torch.from_numpy(mask).long(), item["mask"])
+            yield item["stem"], mask, size
+
+    if out_dir is None:
+        for _ in masks():
+            pass
+    else:
+        save_masks(Path(out_dir), masks(), num_clusters)
     return metric.compute() if metric is not None else {}
 
 
