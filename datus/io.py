@@ -121,17 +121,6 @@ def save_figure(path: str | Path, fig, dpi: int = 110) -> Path:
         plt.close(fig)
 
 
-def shard_indices(shards: list[Path]) -> set[int]:
-    """Dataset indices held by ``.npz`` shards with an ``indices`` array (reads only that array)."""
-    import numpy as np
-
-    done: set[int] = set()
-    for shard in shards:
-        with np.load(shard, allow_pickle=False) as z:
-            done.update(int(i) for i in z["indices"])
-    return done
-
-
 def plain(value: Any) -> Any:
     """Mappings and sequences (e.g. OmegaConf nodes) as plain dicts and lists, recursively: what
     JSON and ``torch.load(weights_only=True)`` accept."""

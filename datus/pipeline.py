@@ -19,23 +19,14 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from datus.backbones import Backbone
 from datus.data import SegmentationDataset
 from datus.discovery import SceneDecomposer, SegmentStore, run_discovery
-from datus.discovery.module import read_skipped
 from datus.discovery.store import SegmentLookup
 from datus.evaluation import evaluate_masks, format_table, write_report
 from datus.io import atomic_write, load_json, remove_stale_temporaries, write_json
-from datus.labeling import (
-    ArrayLookup,
-    ArrayStore,
-    KMeans,
-    PatchTokens,
-    SegmentEmbedder,
-    label_patches,
-    predict_missing,
-    run_labeling,
-)
+from datus.labeling import KMeans, PatchTokens, SegmentEmbedder, label_patches, run_labeling
 from datus.labeling.run import ScoresToMask
 from datus.postprocess import DenseCRF
 from datus.runs import cache_entry, check_settings, job_lock, settings_key, shard_range
+from datus.shards import ArrayLookup, ArrayStore, predict_missing, read_skipped
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +169,9 @@ def run_pipeline(
         remove_stale_temporaries(work)
         store = ArrayStore(work / f"patch_{patch_feature}")
         with job_lock(work / f".lock-rank{global_rank()}", f"patch features in {work}"):
-            computed = predict_missing(PatchTokens(backbone, patch_feature), dataset, store, make_trainer,
-                                        batch_size, num_workers, shard_size, backbone.patch_size)
+            computed = len(predict_missing(PatchTokens(backbone, patch_feature), dataset, store, make_trainer,
+                                           min_size=backbone.patch_size, batch_size=batch_size,
+                                           num_workers=num_workers, shard_size=shard_size))
         if global_rank() != 0:
             return {}
         summary["patch_tokens_computed_this_run"] = computed
@@ -219,8 +211,9 @@ def run_pipeline(
                                            crop_background, all_segments=fill)
                 crop_store = ArrayStore(crop_dir)
                 with job_lock(work / f".lock-crops-rank{global_rank()}", f"segment crops in {crop_dir}"):
-                    predict_missing(embedder, dataset, crop_store, make_trainer, batch_size, num_workers,
-                                     shard_size, backbone.patch_size, indices=records.indices())
+                    predict_missing(embedder, dataset, crop_store, make_trainer, min_size=backbone.patch_size,
+                                    batch_size=batch_size, num_workers=num_workers, shard_size=shard_size,
+                                    indices=records.indices())
                 features = ArrayLookup(crop_store)  # read shard by shard while labelling
             if global_rank() != 0:
                 return {}

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from datus.discovery import Louvain, list_community_backends, modularity, run_discovery
-from datus.discovery.module import collate_items
+from datus.shards import collate_items
 
 
 def peak_rss_mb() -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -10,21 +9,12 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import BasePredictionWriter
 
 from datus.backbones import Backbone
 from datus.discovery.decompose import SceneDecomposer
 from datus.discovery.store import TIMING_KEYS, ImageSegments, SegmentStore
 from datus.io import save_figure, write_json
-
-
-def collate_items(items: list[dict]) -> dict[str, Any]:
-    """Keep readable items (images may differ in size) and skipped ones apart."""
-    good = [item for item in items if "error" not in item]
-    return {
-        "items": good,
-        "skipped": [{"stem": i["stem"], "index": i["index"], "error": i["error"]} for i in items if "error" in i],
-    }
+from datus.shards import ShardWriter, read_skipped
 
 
 class DiscoveryModule(pl.LightningModule):
@@ -70,23 +60,18 @@ class DiscoveryModule(pl.LightningModule):
         return {"records": records, "skipped": batch["skipped"], "images": images}
 
 
-class SegmentWriter(BasePredictionWriter):
-    """Buffers decompositions into shards of ``shard_size`` images; draws the first few images.
-
-    A shard is written only when full (or at the end), atomically, so a killed run loses at
-    most one shard of work and never leaves a partial file that a later step would read.
-    """
+class SegmentWriter(ShardWriter):
+    """Buffers decompositions into shards of ``shard_size`` images; records unreadable images and
+    draws the decompositions of ``pictures`` (dataset indices) into ``picture_dir``."""
 
     def __init__(self, store: SegmentStore, shard_size: int = 256, pictures: set[int] | None = None,
                  picture_dir: str | Path | None = None) -> None:
-        super().__init__(write_interval="batch")
-        self.store, self.shard_size = store, int(shard_size)
+        super().__init__(store, shard_size)
         self.pictures = pictures or set()
         self.picture_dir = Path(picture_dir) if picture_dir else None
-        self.buffer: list[ImageSegments] = []
         self.skipped: list[dict] = []
 
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+    def add(self, prediction: dict[str, Any]) -> None:
         self.skipped.extend(prediction["skipped"])
         for record in prediction["records"]:
             self.buffer.append(record)
@@ -96,33 +81,13 @@ class SegmentWriter(BasePredictionWriter):
                 image = prediction["images"][record.index].permute(1, 2, 0).cpu().numpy()
                 fig = decomposition_figure(image, record.decomposition, title=record.stem)
                 save_figure(self.picture_dir / f"{record.stem}.png", fig)
-        if len(self.buffer) >= self.shard_size:
-            self.flush(trainer.global_rank)
 
     def flush(self, rank: int) -> None:
-        if self.buffer:
-            self.store.write_shard(self.buffer, rank=rank)
-            self.buffer = []
+        super().flush(rank)
         if self.skipped:
             first = min(s["index"] for s in self.skipped)
             write_json(self.store.folder / f"skipped-{rank:03d}-{first:09d}.json", self.skipped)
             self.skipped = []
-
-    def on_predict_epoch_end(self, trainer, pl_module) -> None:
-        self.flush(trainer.global_rank)
-
-    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        # Every buffered record is complete: keep them, so a rerun resumes after them.
-        self.flush(trainer.global_rank)
-
-
-def read_skipped(folder: Path) -> list[dict]:
-    """Skipped images recorded by every rank, deduplicated by index (latest wins)."""
-    by_index: dict[int, dict] = {}
-    for path in sorted(folder.glob("skipped-*.json")):
-        for entry in json.loads(path.read_text()):
-            by_index[int(entry["index"])] = entry
-    return [by_index[i] for i in sorted(by_index)]
 
 
 def summarize(store: SegmentStore) -> dict[str, Any]:

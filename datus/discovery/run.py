@@ -9,15 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 
 from datus.backbones import Backbone
-from datus.data import SkipUnreadable
 from datus.discovery.decompose import SceneDecomposer
-from datus.discovery.module import DiscoveryModule, SegmentWriter, collate_items, summarize
+from datus.discovery.module import DiscoveryModule, SegmentWriter, summarize
 from datus.discovery.store import SegmentStore
 from datus.io import write_json
 from datus.runs import RunConflictError, check_settings
+from datus.shards import predict_missing
 
 __all__ = ["RunConflictError", "run_discovery"]
 
@@ -58,21 +58,14 @@ def run_discovery(
     store = SegmentStore(out_dir / "segments")
     _claim(store.folder, settings or {}, overwrite)
     done = store.done_indices()
-    todo = [i for i in (range(len(dataset)) if indices is None else indices) if i not in done]
     if done:
         log.info("resuming: %d of %d images already decomposed", len(done), len(dataset))
     start = time.perf_counter()
-    if todo:
-        writer = SegmentWriter(store, shard_size, pictures=set(range(min(num_pictures, len(dataset)))),
-                               picture_dir=out_dir / "pictures")
-        trainer.callbacks.append(writer)
-        loader = DataLoader(
-            Subset(SkipUnreadable(dataset, min_size=backbone.patch_size), todo),
-            batch_size=batch_size, num_workers=num_workers, collate_fn=collate_items,
-            persistent_workers=False,
-        )
-        trainer.predict(DiscoveryModule(backbone, decomposer), dataloaders=loader, return_predictions=False)
-        trainer.strategy.barrier()  # every rank's shards are on disk before anyone reads the store
+    writer = SegmentWriter(store, shard_size, pictures=set(range(min(num_pictures, len(dataset)))),
+                           picture_dir=out_dir / "pictures")
+    todo = predict_missing(DiscoveryModule(backbone, decomposer), dataset, store, lambda: trainer,
+                           min_size=backbone.patch_size, batch_size=batch_size, num_workers=num_workers,
+                           shard_size=shard_size, indices=indices, writer=writer)
     summary = summarize(store)
     summary.update({
         "backbone": backbone.name,

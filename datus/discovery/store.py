@@ -1,4 +1,4 @@
-"""On-disk format of scene decompositions: sharded ``.npz`` files, written atomically.
+"""On-disk format of scene decompositions: a :class:`datus.shards.ShardStore` of images' segments.
 
 ``<out>/segments/shard-<rank>-<first index>.npz`` holds up to ``shard_size`` images as flat,
 offset-indexed arrays (no pickle): ``stems``, ``indices`` (dataset index), ``grid`` (h, w),
@@ -12,7 +12,6 @@ a finished shard is never rewritten, so a rerun only computes images that are no
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from datus.discovery.decompose import Decomposition
-from datus.io import atomic_write, shard_indices
+from datus.shards import ShardLookup, ShardStore
 
 #: Per-image timings kept in each shard (milliseconds), in this column order.
 TIMING_KEYS = ("backbone_ms", "affinity_ms", "louvain_ms", "segments_ms")
@@ -40,14 +39,8 @@ class ImageSegments:
     decomposition: Decomposition
 
 
-class SegmentStore:
+class SegmentStore(ShardStore):
     """Read and write the sharded decompositions under ``folder``."""
-
-    def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder)
-
-    def shards(self) -> list[Path]:
-        return sorted(self.folder.glob("shard-*.npz"))
 
     def write_shard(self, records: list[ImageSegments], rank: int = 0) -> Path:
         """Write ``records`` as one shard (atomic); returns its path."""
@@ -67,10 +60,7 @@ class SegmentStore:
         for name in _PER_SEGMENT:
             parts = [getattr(d, name) for d in decs]
             arrays[name] = np.concatenate(parts).astype(np.float16 if name == "segment_features" else parts[0].dtype)
-        path = self.folder / f"shard-{rank:03d}-{min(r.index for r in records):09d}.npz"
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        return atomic_write(path, lambda f: f.write(buffer.getvalue()))
+        return self.save_arrays(self.shard_path(min(r.index for r in records), rank), arrays)
 
     def read_shard(self, path: Path) -> Iterator[ImageSegments]:
         with np.load(path, allow_pickle=False) as z:
@@ -96,58 +86,6 @@ class SegmentStore:
                 ),
             )
 
-    def __iter__(self) -> Iterator[ImageSegments]:
-        """All stored images, in dataset order, one shard in memory at a time.
 
-        An image stored twice (e.g. by two overlapping jobs) is yielded once. Shards hold
-        contiguous index ranges per writer, so they are read in order of their first index.
-        """
-        shards = sorted(self.shards(), key=lambda p: (int(p.stem.split("-")[-1]), p.name))
-        seen: set[int] = set()
-        pending: list[ImageSegments] = []  # records of an earlier shard with larger indices (DDP strides)
-        for i, shard in enumerate(shards):
-            pending.extend(r for r in self.read_shard(shard) if r.index not in seen)
-            seen.update(r.index for r in pending)
-            nxt = int(shards[i + 1].stem.split("-")[-1]) if i + 1 < len(shards) else None
-            pending.sort(key=lambda r: r.index)
-            ready = [r for r in pending if nxt is None or r.index < nxt]
-            pending = [r for r in pending if not (nxt is None or r.index < nxt)]
-            yield from ready
-
-    def locate(self) -> dict[int, Path]:
-        """Dataset index -> the shard holding it (reads only the index arrays)."""
-        where: dict[int, Path] = {}
-        for shard in self.shards():
-            with np.load(shard, allow_pickle=False) as z:
-                for index in z["indices"]:
-                    where.setdefault(int(index), shard)
-        return where
-
-    def done_indices(self) -> set[int]:
-        """Dataset indices already in a finished shard (cheap: reads only the index arrays)."""
-        return shard_indices(self.shards())
-
-
-class SegmentLookup:
-    """``lookup[index]`` -> that image's record, keeping one shard in memory (sequential access)."""
-
-    def __init__(self, store: SegmentStore) -> None:
-        self.store, self.where = store, store.locate()
-        self._shard: Path | None = None
-        self._records: dict[int, ImageSegments] = {}
-
-    def __contains__(self, index: int) -> bool:
-        return index in self.where
-
-    def __len__(self) -> int:
-        return len(self.where)
-
-    def indices(self) -> list[int]:
-        return sorted(self.where)
-
-    def __getitem__(self, index: int) -> ImageSegments:
-        shard = self.where[index]
-        if shard != self._shard:
-            self._records = {r.index: r for r in self.store.read_shard(shard)}
-            self._shard = shard
-        return self._records[index]
+class SegmentLookup(ShardLookup):
+    """``lookup[index]`` -> that image's :class:`ImageSegments`, one shard in memory at a time."""

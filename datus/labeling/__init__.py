@@ -3,17 +3,12 @@
 from datus.labeling.embed import PatchTokens, SegmentEmbedder, segment_crops
 from datus.labeling.kmeans import KMeans
 from datus.labeling.run import label_patches, run_labeling
-from datus.labeling.store import ArrayLookup, ArrayStore, ArrayWriter, predict_missing
 
 __all__ = [
-    "ArrayLookup",
-    "ArrayStore",
-    "ArrayWriter",
     "KMeans",
     "PatchTokens",
     "SegmentEmbedder",
     "label_patches",
-    "predict_missing",
     "run_labeling",
     "segment_crops",
 ]

@@ -14,6 +14,7 @@ from datus.discovery.store import SegmentStore
 from datus.io import atomic_write, scratch_file
 from datus.labeling.kmeans import KMeans
 from datus.masks import UNLABELLED, patch_labels, save_masks, upsample_labels
+from datus.shards import ArrayRecord
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def run_labeling(
 
 
 def label_patches(
-    patch_features: dict[int, tuple[str, np.ndarray, tuple[int, ...]]],
+    patch_features: Mapping[int, ArrayRecord],
     out_dir: str | Path,
     kmeans: KMeans,
     scores_to_mask: ScoresToMask | None = None,
@@ -158,14 +159,14 @@ def label_patches(
     (or made by ``scores_to_mask`` from the ``(K, h, w)`` patch-to-centroid scores)."""
     out_dir = Path(out_dir)
     order = sorted(patch_features)
-    train = np.concatenate([patch_features[i][1] for i in order]).astype(np.float32)
+    train = np.concatenate([patch_features[i].rows for i in order]).astype(np.float32)
     log.info("k-means on %d patches of %d images, k=%d", len(train), len(order), kmeans.k)
     kmeans.fit(train)
     kmeans.save(out_dir / "labeling" / "centroids.npz")
 
     def masks():
         for i in order:
-            stem, feats, meta = patch_features[i]
+            stem, feats, meta = patch_features[i].stem, patch_features[i].rows, patch_features[i].meta
             grid, size = meta[:2], meta[2:4]
             scores = kmeans.scores(feats.astype(np.float32))
             if scores_to_mask is None:

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from datus.backbones import PATCH_FEATURES, Backbone
 from datus.io import atomic_write
-from datus.labeling.store import ArrayStore
+from datus.shards import ArrayStore
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +197,8 @@ class FeatureCache:
         import copy
 
         from datus.io import remove_stale_temporaries, write_json
-        from datus.labeling.store import predict_missing
         from datus.runs import job_lock
+        from datus.shards import predict_missing
 
         settings = {"backbone": backbone_settings, "resize": repr(resize), "features": spec.as_dict(),
                     "dataset": dataset_identity(dataset)}
@@ -211,7 +211,8 @@ class FeatureCache:
             with job_lock(folder / ".lock", f"feature maps in {folder}"):
                 write_json(folder / "config.json", settings)
                 model = backbone()
-                computed = predict_missing(FeatureExtractor(model, spec), resized, store, self.make_trainer,
-                                           self.batch_size, self.num_workers, self.shard_size, model.patch_size)
+                computed = len(predict_missing(FeatureExtractor(model, spec), resized, store, self.make_trainer,
+                                               min_size=model.patch_size, batch_size=self.batch_size,
+                                               num_workers=self.num_workers, shard_size=self.shard_size))
             log.info("feature maps of %d images computed into %s", computed, folder)
         return store.open()
