@@ -21,6 +21,17 @@ from datus.io import atomic_write, save_figure
 COLUMNS = ("run", "method", "backbone", "k", "miou", "pixel_accuracy", "mean_f1", "coverage", "majority_miou")
 
 
+def _method_name(run: Path, config: dict) -> str:
+    """The run's method as its summary names it (older runs: the ``method`` string of the config)."""
+    summary = run / "summary.json"
+    if summary.is_file():
+        name = json.loads(summary.read_text()).get("method")
+        if isinstance(name, str):
+            return name
+    method = _setting(config, "method")
+    return method if isinstance(method, str) else "datus"
+
+
 def _setting(config: dict, *path: str) -> Any:
     node: Any = config
     for key in path:
@@ -41,9 +52,9 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
         config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
         rows.append({
             "run": str(run.relative_to(root)) or ".",
-            "method": _setting(config, "method") or "datus",
+            "method": _method_name(run, config),
             "backbone": _setting(config, "backbone", "name") or "?",
-            "k": _setting(config, "labeling", "k") or metrics.get("num_clusters"),
+            "k": _setting(config, "k") or _setting(config, "labeling", "k") or metrics.get("num_clusters"),
             "miou": 100 * metrics["miou"],
             "pixel_accuracy": 100 * metrics["pixel_accuracy"],
             "mean_f1": 100 * metrics["mean_f1"],

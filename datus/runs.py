@@ -24,6 +24,38 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
 
 
+#: Config nodes that change the backbone passes (segments, patch features): the cache key.
+SETTINGS_KEYS = ("backbone", "dataset", "resize", "graph")
+#: Config nodes that change the pseudo masks: a rerun into the same output dir must match them.
+RUN_KEYS = (*SETTINGS_KEYS, "k", "labeling", "method", "seed", "postprocess")
+
+
+def _absolute_root(container: dict) -> dict:
+    """``container`` with ``dataset.root`` made absolute: the same data named relatively from one
+    folder and absolutely (or through a link) shares one cache entry, and one relative name used
+    from two folders does not."""
+    root = container["dataset"].get("root")
+    if root is None:
+        return container
+    return {**container, "dataset": {**container["dataset"], "root": str(Path(root).expanduser().resolve())}}
+
+
+def cache_settings(container: dict[str, Any]) -> dict[str, Any]:
+    """The cache key's settings of a resolved config; a randomly initialised backbone is only
+    reproducible with its seed. A method may narrow or widen them (``Method.cache_key``)."""
+    container = _absolute_root(container)
+    settings = {key: container[key] for key in SETTINGS_KEYS}
+    if container["backbone"].get("weights") == "random":
+        settings["seed"] = container["seed"]
+    return settings
+
+
+def run_settings(container: dict[str, Any]) -> dict[str, Any]:
+    """What a run dir remembers of the resolved config that produced its pseudo masks."""
+    container = _absolute_root(container)
+    return {key: container.get(key) for key in RUN_KEYS}
+
+
 class RunConflictError(RuntimeError):
     """The output folder holds results of different settings (rerun with overwrite=true)."""
 

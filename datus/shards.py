@@ -246,3 +246,22 @@ class ArrayLookup(ShardLookup):
 
     def __getitem__(self, index: int) -> np.ndarray:
         return self.record(index).rows
+
+
+class PredictLoop:
+    """A split and how to run a predict loop over it: what every backbone pass of a method needs.
+
+    ``run(module, store)`` is :func:`predict_missing` with these settings (the config's
+    ``batch_size``, ``num_workers``, ``shard_size``; images smaller than ``min_size`` are skipped).
+    """
+
+    def __init__(self, dataset, make_trainer: Callable[[], pl.Trainer], *, min_size: int, batch_size: int,
+                 num_workers: int, shard_size: int) -> None:
+        self.dataset, self.make_trainer = dataset, make_trainer
+        self.min_size, self.batch_size, self.num_workers, self.shard_size = min_size, batch_size, num_workers, shard_size
+
+    def run(self, module: pl.LightningModule, store: ShardStore, *, indices: list[int] | range | None = None,
+            writer: ShardWriter | None = None, make_trainer: Callable[[], pl.Trainer] | None = None) -> list[int]:
+        return predict_missing(module, self.dataset, store, make_trainer or self.make_trainer,
+                               min_size=self.min_size, batch_size=self.batch_size, num_workers=self.num_workers,
+                               shard_size=self.shard_size, indices=indices, writer=writer)

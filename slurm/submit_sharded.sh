@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sharded discovery on N GPUs, then clustering once every shard succeeded:
 #   N=8 DATA=/data/coco OUT=/scratch/$USER/coco CACHE=/scratch/$USER/datus-cache \
-#       bash slurm/submit_sharded.sh dataset=cocostuff27 backbone=dino_vits8 labeling.k=27
+#       bash slurm/submit_sharded.sh dataset=cocostuff27 backbone=dino_vits8 k=27
 # Prints the two job ids. Results: $OUT/labels (pseudo masks, summary.json, metrics.json).
 set -euo pipefail
 : "${N:?set N, the number of shards (GPUs)}"

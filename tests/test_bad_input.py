@@ -297,7 +297,7 @@ def test_discover_decomposes_the_good_images_and_names_the_skipped_ones(tmp_path
     cfg = compose_config("discover", [
         "backbone=tiny_vit", "dataset=folder", f"dataset.root={tmp_path / 'data'}", "dataset.split=train",
         f"dataset.num_classes={NUM_CLASSES}", f"dataset.max_pixels={E2E_LIMIT}", "resize.size=64",
-        "labeling.k=3", "graph.min_patches=2", "logger=none", "trainer.enable_progress_bar=false",
+        "k=3", "graph.min_patches=2", "logger=none", "trainer.enable_progress_bar=false",
         "num_pictures=1", f"paths.cache_dir={cache_dir}", f"cache_dir={tmp_path / 'cache'}",
     ], out)
     try:
@@ -358,11 +358,11 @@ def test_every_bad_mask_of_a_folder_is_listed_at_once(tmp_path: Path) -> None:
 #: (entry point, overrides, regex of the message): each fails before a backbone is built or an
 #: image is read, naming the setting. ``{missing}`` is a folder that does not exist.
 CONFIG_CASES = [
-    ("discover", ["labeling.k=1"], r"labeling\.k=1 must be a whole number >= 2"),
-    ("discover", ["labeling.k=0"], r"labeling\.k=0 must be"),
-    ("discover", ["labeling.k=2.5"], r"labeling\.k=2\.5 must be a whole number"),
+    ("discover", ["k=1"], r"k=1 must be a whole number >= 2"),
+    ("discover", ["k=0"], r"k=0 must be"),
+    ("discover", ["k=2.5"], r"k=2\.5 must be a whole number"),
     ("discover", ["labeling.kmeans.niter=0"], r"labeling\.kmeans\.niter=0 must be"),
-    ("discover", ["method=kmeans_patches", "labeling.k=1"], r"labeling\.k=1 must be"),
+    ("discover", ["method=kmeans_patches", "k=1"], r"k=1 must be"),
     ("discover", ["backbone.name=vit_huge"], r"backbone\.name='vit_huge' is unknown; choose one of .*dino_vits16.*tiny_vit"),
     ("discover", ["backbone=vit_huge"], r"Could not find 'backbone/vit_huge'.*dino_vits16.*tiny_vit"),
     ("discover", ["graph.min_patches=-1"], r"graph\.min_patches=-1 must be >= 0"),
@@ -419,13 +419,13 @@ def test_a_bad_setting_fails_before_any_work_naming_the_setting(tmp_path, cache_
 
 
 def test_discover_py_exits_non_zero_naming_the_setting(tmp_path):
-    """The command line: ``python discover.py labeling.k=1`` fails at once, the setting in stderr."""
+    """The command line: ``python discover.py k=1`` fails at once, the setting in stderr."""
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "discover.py", "backbone=tiny_vit", "labeling.k=1", "logger=none",
+        [sys.executable, "discover.py", "backbone=tiny_vit", "k=1", "logger=none",
          f"hydra.run.dir={out}", f"paths.cache_dir={tmp_path / 'cache'}", f"cache_dir={tmp_path / 'cache'}"],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, check=False,
     )
     assert proc.returncode != 0
-    assert "labeling.k=1 must be a whole number >= 2" in proc.stderr, proc.stderr[-2000:]
+    assert "k=1 must be a whole number >= 2" in proc.stderr, proc.stderr[-2000:]
     assert not (out / "segments").exists() and not (tmp_path / "cache").exists()

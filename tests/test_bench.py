@@ -17,7 +17,7 @@ def test_memory_benchmark_measures_every_stage_at_each_size(tmp_path):
     out = tmp_path / "memory.json"
     proc = subprocess.run(
         [sys.executable, "-m", "datus.bench", "memory", "--images", "2,5", "--out", str(out),
-         "backbone=tiny_vit", "resize.size=64", "labeling.k=3"],
+         "backbone=tiny_vit", "resize.size=64", "k=3"],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 def _discover(out, cache, *args):
     proc = subprocess.run(
         [sys.executable, "discover.py", "backbone=tiny_vit", "dataset=demo", "resize.size=64", "logger=none",
-         "batch_size=2", "labeling.k=4", "labeling.features=crop", "trainer.enable_progress_bar=false",
+         "batch_size=2", "k=4", "labeling.features=crop", "trainer.enable_progress_bar=false",
          f"hydra.run.dir={out}", f"paths.cache_dir={cache}", *args],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900,
     )

@@ -43,8 +43,8 @@ def photos(tmp_path_factory) -> Path:
 def _command(photos: Path, out: Path, weights_cache: Path) -> list[str]:
     return [sys.executable, "discover.py", "backbone=dinov2_vits14", "backbone.weights=packaged",
             f"paths.cache_dir={weights_cache}", "cache_dir=null", "dataset=folder", f"dataset.root={photos}",
-            "resize.size=224", "batch_size=1", "shard_size=1", "labeling.k=4", "labeling.features=crop",
-            "labeling.crop.size=112", "logger=none", "num_pictures=0", "trainer.enable_progress_bar=false",
+            "resize.size=224", "batch_size=1", "shard_size=1", "k=4", "labeling.features=crop",
+            "labeling.crop_size=112", "logger=none", "num_pictures=0", "trainer.enable_progress_bar=false",
             f"hydra.run.dir={out}"]
 
 

@@ -268,7 +268,7 @@ def test_discover_makes_masks_through_the_crf_from_cluster_scores(tmp_path, cach
     for post in ("none", "crf"):
         out = tmp_path / post
         cfg = compose_config("discover", ["backbone=tiny_vit", "resize.size=64", "logger=none", f"method={method}",
-                                          "labeling.k=3", "labeling.fill=false", f"postprocess={post}",
+                                          "k=3", "labeling.fill=false", f"postprocess={post}",
                                           "trainer.enable_progress_bar=false", f"paths.cache_dir={cache_dir}"], out)
         summary = run_pipeline(**pipeline_kwargs(cfg, out))
         masks[post] = {p.name: np.asarray(Image.open(p)) for p in sorted((out / "pseudo_masks").glob("*.png"))}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,9 @@ from PIL import Image
 from datus.backbones import build_backbone
 from datus.data import CamVid, DemoImages
 from datus.discovery import Affinity, Louvain, RunConflictError, SceneDecomposer, SegmentStore
-from datus.labeling import KMeans, segment_crops
+from datus.labeling import KMeans, Labeler, segment_crops
 from datus.masks import upsample_labels
+from datus.methods import Datus, KMeansPatches
 from datus.pipeline import run_pipeline
 from datus.transforms import ResizeForBackbone
 
@@ -25,13 +27,21 @@ def _trainer():
                       enable_model_summary=False)
 
 
-def _pipeline(out, dataset=None, backbone=None, k=4, **kw):
+def _run(out, backbone, dataset, method="datus", labeling=None, shard_index=0, shard_count=1, **kw):
+    """run_pipeline with the objects discover.py's config builds (conf/method, conf/labeling)."""
+    decomposer = SceneDecomposer(Affinity(kind="cosine", debias="center", knn=8), Louvain("igraph"), min_patches=2)
+    methods = {"datus": lambda: Datus(decomposer=decomposer), "kmeans_patches": KMeansPatches}
+    return run_pipeline(methods[method](), labeler=Labeler(**labeling), backbone=backbone, dataset=dataset,
+                        make_trainer=_trainer, out_dir=out, batch_size=2, num_workers=0, shard_size=256,
+                        num_pictures=8, shard=(shard_index, shard_count), **kw)
+
+
+def _pipeline(out, dataset=None, backbone=None, k=4, segment_features="mean", fill=True, weighted=False, **kw):
     torch.manual_seed(0)
     backbone = backbone or build_backbone("tiny_vit")
     dataset = dataset or DemoImages(transform=ResizeForBackbone(64, backbone.patch_size))
-    decomposer = SceneDecomposer(Affinity(kind="cosine", debias="center", knn=8), Louvain("igraph"), min_patches=2)
-    return run_pipeline(backbone=backbone, dataset=dataset, make_trainer=_trainer, out_dir=out,
-                        kmeans=KMeans(k, seed=0), decomposer=decomposer, batch_size=2, **kw)
+    labeling = dict(k=k, kmeans=partial(KMeans, seed=0), features=segment_features, fill=fill, weighted=weighted)
+    return _run(out, backbone, dataset, labeling=labeling, **kw)
 
 
 def _masks(folder):
@@ -153,7 +163,7 @@ def test_kmeans_uses_every_point_and_refuses_bad_k():
     labels = km.predict(x)
     assert len(set(labels[:3000])) == len(set(labels[3000:6000])) == len(set(labels[6000:])) == 1
     assert len(set(labels)) == 3
-    with pytest.raises(ValueError, match="labeling.k=1"):
+    with pytest.raises(ValueError, match="k=1"):
         KMeans(1)
     with pytest.raises(ValueError, match="needs at least 5 points"):
         KMeans(5).fit(x[:3])
@@ -217,12 +227,10 @@ def test_a_huge_split_trains_kmeans_on_a_seeded_sample(tmp_path):
     torch.manual_seed(0)
     backbone = build_backbone("tiny_vit")
     dataset = DemoImages(transform=ResizeForBackbone(64, backbone.patch_size))
-    decomposer = SceneDecomposer(Affinity(kind="cosine", debias="center", knn=8), Louvain("igraph"), min_patches=2)
     runs = []
     for out in (tmp_path / "a", tmp_path / "b"):
-        runs.append(run_pipeline(backbone=backbone, dataset=dataset, make_trainer=_trainer, out_dir=out,
-                                 kmeans=KMeans(3, seed=0, max_points_per_centroid=4), decomposer=decomposer,
-                                 batch_size=2, fill=True))
+        runs.append(_run(out, backbone, dataset, labeling=dict(
+            k=3, kmeans=partial(KMeans, seed=0, max_points_per_centroid=4), fill=True, weighted=False)))
     labeling = runs[0]["labeling"]
     assert labeling["kmeans_points_used"] == 12 < labeling["segments_clustered"]
     assert labeling["coverage"] == 1.0 and len(_masks(tmp_path / "a")) == 5

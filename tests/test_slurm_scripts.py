@@ -48,7 +48,7 @@ def test_sharded_discovery_templates_end_to_end(tmp_path, mixed_root):  # noqa: 
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SBATCH_LOG": str(tmp_path / "sbatch.log"),
            "N": "2", "DATA": str(mixed_root / "camvid"), "OUT": str(out), "CACHE": str(cache), "TRAINER": "cpu",
            "SLURM_CPUS_PER_TASK": "0"}
-    overrides = ["dataset=camvid", "dataset.split=val", "backbone=tiny_vit", "resize.size=64", "labeling.k=3",
+    overrides = ["dataset=camvid", "dataset.split=val", "backbone=tiny_vit", "resize.size=64", "k=3",
                  "logger=csv", "trainer.enable_progress_bar=false", "num_pictures=0"]
     proc = subprocess.run(["bash", "slurm/submit_sharded.sh", *overrides], cwd=PROJECT_ROOT, env=env,
                           capture_output=True, text=True, timeout=900)

@@ -59,7 +59,7 @@ def _multirun(sweep, *args, cache=None):
 
 def test_every_experiment_config_runs(tmp_path, mixed_root):
     sweep = tmp_path / "experiments"
-    _multirun(sweep, "experiment=glob(*)", f"paths.data_dir={mixed_root}", "labeling.k=3")
+    _multirun(sweep, "experiment=glob(*)", f"paths.data_dir={mixed_root}", "k=3")
     from tests.test_configs import _options
 
     jobs = [p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")]
@@ -73,7 +73,7 @@ def test_every_experiment_config_runs(tmp_path, mixed_root):
 def test_k_sweep_through_submitit_and_the_report(tmp_path, mixed_root):
     sweep = tmp_path / "sweep"
     _multirun(sweep, "hydra/launcher=local", "dataset=camvid", f"paths.data_dir={mixed_root}", "dataset.split=val",
-              "labeling.k=2,4")
+              "k=2,4")
     assert len(list(sweep.glob("*/metrics.json"))) == 2
     assert list(sweep.glob(".submitit/*"))  # the jobs went through submitit
     proc = subprocess.run([sys.executable, "-m", "datus.report", str(sweep)], cwd=PROJECT_ROOT,
@@ -92,7 +92,7 @@ def _jobs(sweep):
 def test_wandb_offline_one_run_per_job_grouped_by_sweep(tmp_path, mixed_root):
     sweep = tmp_path / "wb_sweep"
     _multirun(sweep, "logger=wandb", "dataset=camvid", f"paths.data_dir={mixed_root}", "dataset.split=val",
-              "labeling.k=2,3")
+              "k=2,3")
     runs = []
     for job in _jobs(sweep):
         found = list((job / "wandb").glob("offline-run-*/run-*.wandb"))
@@ -108,7 +108,7 @@ def test_wandb_offline_one_run_per_job_grouped_by_sweep(tmp_path, mixed_root):
 
 def test_sharded_discovery_then_one_labelling_job(tmp_path, mixed_root):
     """What slurm/discover_array.sbatch does: N shard tasks of stage=segments, then stage=labels."""
-    common = ["dataset=camvid", f"paths.data_dir={mixed_root}", "dataset.split=val", "labeling.k=3"]
+    common = ["dataset=camvid", f"paths.data_dir={mixed_root}", "dataset.split=val", "k=3"]
     _multirun(tmp_path / "shards", "stage=segments", "shard.count=2", "shard.index=0,1", *common,
               cache=tmp_path / "cache")
     _multirun(tmp_path / "merge", "stage=labels", *common, cache=tmp_path / "cache")
@@ -122,7 +122,7 @@ def test_refine_true_chains_the_refinement(tmp_path, mixed_root):
     out = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "discover.py", "backbone=tiny_vit", "resize.size=64", "logger=csv", "num_pictures=0",
-         "dataset=camvid", f"paths.data_dir={mixed_root}", "dataset.split=train", "labeling.k=3",
+         "dataset=camvid", f"paths.data_dir={mixed_root}", "dataset.split=train", "k=3",
          "trainer.enable_progress_bar=false", f"hydra.run.dir={out}", f"paths.cache_dir={tmp_path / 'cache'}",
          "refine=true", "refine_overrides=['debug=fdr','predict=true','trainer.enable_progress_bar=false']"],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900,

@@ -2,10 +2,12 @@
 
 from datus.labeling.embed import PatchTokens, SegmentEmbedder, segment_crops
 from datus.labeling.kmeans import KMeans
+from datus.labeling.labeler import Labeler
 from datus.labeling.run import label_patches, run_labeling
 
 __all__ = [
     "KMeans",
+    "Labeler",
     "PatchTokens",
     "SegmentEmbedder",
     "label_patches",

@@ -30,7 +30,7 @@ def segment_crops(
     would cut part of the segment away) and resized to ``size``.
     """
     if background not in ("black", "mean"):
-        raise ValueError(f"labeling.crop.background={background!r}: choose 'black' or 'mean'")
+        raise ValueError(f"labeling.crop_background={background!r}: choose 'black' or 'mean'")
     img = image.float() / 255 if image.dtype == torch.uint8 else image.float()
     fill = torch.zeros(3, 1, 1) if background == "black" else torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
     fill = fill.to(img)

@@ -46,7 +46,7 @@ class KMeans:
         max_points_per_centroid: int | None = None,
         gpu: bool | str = "auto",
     ) -> None:
-        k = _whole("labeling.k", k, 2, "(the number of clusters)")
+        k = _whole("k", k, 2, "(the number of clusters)")
         niter = _whole("labeling.kmeans.niter", niter, 1)
         nredo = _whole("labeling.kmeans.nredo", nredo, 1)
         if pca_dim is not None:
@@ -101,7 +101,7 @@ class KMeans:
 
         x = np.asarray(features, dtype=np.float32)
         if x.ndim != 2 or len(x) < self.k:
-            raise ValueError(f"k-means with labeling.k={self.k} needs at least {self.k} points, got {len(x)}")
+            raise ValueError(f"k-means with k={self.k} needs at least {self.k} points, got {len(x)}")
         self._fit_pca(x)
         x = self.transform(x)
         per_centroid = self.max_points_per_centroid or math.ceil(len(x) / self.k) + 1

@@ -62,7 +62,7 @@ def check_pseudo_masks(dataset: SegmentationDataset, masks_dir: str | Path, k: i
     if too_large:
         raise PseudoMaskError(f"k={k} but {len(too_large)} pseudo masks in {masks_dir} hold larger labels: "
                               f"{', '.join(too_large[:5])}; pass k=null to take K from the masks, or the k "
-                              "discover.py used (labeling.k)")
+                              "discover.py used (k)")
     return int(k) if k is not None else infer_k(largest)
 
 

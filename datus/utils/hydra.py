@@ -57,7 +57,7 @@ def refinement_config(cfg: DictConfig, out_dir: Path) -> DictConfig:
         train_cfg.paths = {**OmegaConf.to_container(cfg.paths, resolve=True), "output_dir": str(out_dir / "refine")}
         train_cfg.train_split = cfg.dataset.get("split", train_cfg.train_split)
         train_cfg.pseudo_masks = str(out_dir / "pseudo_masks")
-        train_cfg.k = int(cfg.labeling.k)
+        train_cfg.k = int(cfg.k)
         train_cfg.seed = cfg.seed
         # heads on frozen features see the discovery backbone at the discovery resolution
         train_cfg.backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
@@ -80,7 +80,7 @@ def _sweep_group(default: str) -> str:
 
 
 def _run_name(default: str) -> str:
-    """The job's overrides (``labeling.k=6,backbone=...``), or ``default`` when there are none."""
+    """The job's overrides (``k=6,backbone=...``), or ``default`` when there are none."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():

@@ -1,0 +1,113 @@
+"""DatUS² steps 4-6 as one object (``conf/labeling``): segment features, k-means, fill, weighting.
+
+A :class:`Labeler` is built once from its config and handed to the pipeline; every method
+labels through it (segments for DatUS², patches for the baseline), so a labelling setting
+has one home whatever produced the features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from datus.backbones import Backbone
+from datus.discovery.store import SegmentLookup, SegmentStore
+from datus.labeling.embed import SegmentEmbedder
+from datus.labeling.kmeans import KMeans
+from datus.labeling.run import ScoresToMask, label_patches, run_labeling
+from datus.runs import job_lock, settings_key
+from datus.shards import ArrayLookup, ArrayRecord, ArrayStore, PredictLoop
+
+#: How a segment is described for k-means: its mean patch feature, or its crop's CLS embedding.
+SEGMENT_FEATURES = ("mean", "crop")
+CROP_BACKGROUNDS = ("black", "mean")
+
+
+class Labeler:
+    """K clusters over a split's segment (or patch) features, written as pseudo masks.
+
+    ``kmeans`` builds the clusterer for ``k`` (a partial :class:`KMeans`, so K is given once).
+    ``features="mean"`` clusters each segment's mean patch feature stored by discovery;
+    ``"crop"`` the CLS embedding of its masked, square-padded crop (the paper) by ``extractor``
+    (default: the discovery backbone), a second backbone pass kept beside the segments.
+    ``fill`` labels invalid segments from their nearest centroid; ``weighted`` weighs each
+    segment by its size in k-means. ``score_temperature`` divides the per-patch cluster scores
+    when a dense CRF makes the masks (:meth:`scores_to_mask`).
+    """
+
+    def __init__(
+        self,
+        *,
+        k: int,
+        kmeans: Callable[..., KMeans] = KMeans,
+        features: str = "mean",
+        fill: bool = True,
+        weighted: bool = True,
+        crop_size: int = 224,
+        crop_background: str = "black",
+        extractor: Backbone | None = None,
+        score_temperature: float = 0.05,
+    ) -> None:
+        if features not in SEGMENT_FEATURES:
+            raise ValueError(f"labeling.features={features!r}: choose one of {SEGMENT_FEATURES}")
+        if crop_background not in CROP_BACKGROUNDS:
+            raise ValueError(f"labeling.crop_background={crop_background!r}: choose one of {CROP_BACKGROUNDS}")
+        if score_temperature <= 0:
+            raise ValueError(f"labeling.score_temperature={score_temperature} must be > 0")
+        self.kmeans = kmeans(k=k)
+        self.features, self.fill, self.weighted = features, bool(fill), bool(weighted)
+        self.crop_size, self.crop_background = int(crop_size), crop_background
+        self.extractor, self.score_temperature = extractor, float(score_temperature)
+
+    @property
+    def k(self) -> int:
+        return self.kmeans.k
+
+    def _crop_store(self, backbone: Backbone, work: Path) -> ArrayStore:
+        source = self.extractor or backbone
+        key = {"extractor": source.name, "weights": getattr(source, "weights_source", None),
+               "crop_size": self.crop_size, "background": self.crop_background, "all_segments": self.fill}
+        return ArrayStore(work / "crop_features" / settings_key(key))
+
+    def embed_segments(self, backbone: Backbone, loop: PredictLoop, segments: SegmentStore, work: Path,
+                       rank: int = 0) -> None:
+        """The crop-feature pass (``features="crop"``; nothing for ``"mean"``): every rank runs it."""
+        if self.features != "crop":
+            return
+        records = SegmentLookup(segments)
+        store = self._crop_store(backbone, work)
+        embedder = SegmentEmbedder(self.extractor or backbone, records, backbone.patch_size, self.crop_size,
+                                   self.crop_background, all_segments=self.fill)
+        with job_lock(work / f".lock-crops-rank{rank}", f"segment crops in {store.folder}"):
+            loop.run(embedder, store, indices=records.indices())
+
+    def label_segments(self, backbone: Backbone, segments: SegmentStore, work: Path, out_dir: Path,
+                       scores_to_mask: ScoresToMask | None = None) -> dict[str, Any]:
+        """k-means over the segments (after :meth:`embed_segments`); pseudo masks into ``out_dir``."""
+        features = ArrayLookup(self._crop_store(backbone, work)) if self.features == "crop" else None
+        summary = run_labeling(segments, out_dir, self.kmeans, features, fill=self.fill, weighted=self.weighted,
+                               scores_to_mask=scores_to_mask)
+        summary["segment_features"] = self.features
+        return summary
+
+    def label_patches(self, patches: Mapping[int, ArrayRecord], out_dir: Path,
+                      scores_to_mask: ScoresToMask | None = None) -> dict[str, Any]:
+        """k-means over every patch feature (the baseline); pseudo masks into ``out_dir``."""
+        return label_patches(patches, out_dir, self.kmeans, scores_to_mask)
+
+    def scores_to_mask(self, crf, dataset) -> ScoresToMask | None:
+        """Masks from per-patch cluster scores through ``crf`` (e.g. :class:`datus.postprocess.DenseCRF`)
+        with each original image; None without a CRF. Scores (cosine similarities to the centroids,
+        within [-1, 1]) divided by ``score_temperature`` are the CRF's logits."""
+        if crf is None:
+            return None
+
+        def to_mask(index: int, scores: np.ndarray) -> np.ndarray:
+            image = dataset.load(index)["image"].permute(1, 2, 0).numpy()
+            return crf(image, torch.from_numpy(np.asarray(scores, dtype=np.float32) / self.score_temperature))
+
+        return to_mask

@@ -1,0 +1,169 @@
+"""Methods (``conf/method``): what turns a split's images into features that the labeler clusters.
+
+Each method has one small interface, so the pipeline composes objects and never branches on a
+method's name:
+
+- :meth:`Method.cache_key`: the settings its backbone passes depend on (the cache entry's key);
+- :meth:`Method.compute`: its backbone passes into ``work`` (resumable, every DDP rank);
+- :meth:`Method.label`: rank 0 clusters what was computed and writes the pseudo masks.
+
+A new method (e.g. features from a trained head) is a class here and a YAML file in
+``conf/method/``.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from datus.backbones import Backbone
+from datus.discovery import SceneDecomposer, SegmentStore, run_discovery
+from datus.io import atomic_write, load_json
+from datus.labeling import Labeler, PatchTokens
+from datus.labeling.run import ScoresToMask
+from datus.runs import job_lock
+from datus.shards import ArrayStore, PredictLoop, read_skipped
+
+log = logging.getLogger(__name__)
+
+#: Which part of a method a job runs: all, its backbone passes only, or labelling only.
+STAGES = ("all", "segments", "labels")
+
+
+@dataclass
+class Job:
+    """What one pipeline job hands a method: the backbone, the predict loop over the split, where
+    the backbone passes live (``work``: the cache entry or the run dir), and which part to run."""
+
+    backbone: Backbone
+    loop: PredictLoop
+    work: Path
+    out_dir: Path
+    labeler: Labeler
+    stage: str = "all"
+    indices: range | None = None
+    settings: dict[str, Any] | None = None
+    num_pictures: int = 8
+    overwrite: bool = False
+    rank: int = 0
+    #: this job's block of the split, (index, count): one task of a sharded discovery
+    shard: tuple[int, int] = (0, 1)
+
+
+class Method(ABC):
+    """A way from images to pseudo masks through the :class:`~datus.labeling.Labeler`."""
+
+    #: the name in summaries and reports (the ``conf/method`` file's)
+    name: str
+    #: the cache's kind of entry (``<cache_dir>/<kind>/<hash>``)
+    cache_kind: str
+    #: whether ``stage=segments|labels`` and ``shard.count`` split this method's work
+    staged: bool = False
+
+    def cache_key(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """The settings its backbone passes depend on (backbone, dataset, resize, graph, ...)."""
+        return settings
+
+    @abstractmethod
+    def compute(self, job: Job) -> dict[str, Any]:
+        """Run the backbone passes missing from ``job.work``; returns what to put in the summary."""
+
+    @abstractmethod
+    def label(self, job: Job, scores_to_mask: ScoresToMask | None) -> dict[str, Any]:
+        """Cluster and write ``job.out_dir/pseudo_masks``; returns the labelling summary."""
+
+
+class Datus(Method):
+    """DatUS²: scene decomposition (affinity graph, Louvain, connected regions), then k-means
+    over the segments' features."""
+
+    name = "datus"
+    cache_kind = "discovery"
+    staged = True
+
+    def __init__(self, *, decomposer: SceneDecomposer) -> None:
+        self.decomposer = decomposer
+
+    def compute(self, job: Job) -> dict[str, Any]:
+        summary: dict[str, Any] = {}
+        segments = SegmentStore(job.work / "segments")
+        if job.stage in ("all", "segments"):
+            with job_lock(job.work / f".lock-{job.shard[0]}-of-{job.shard[1]}-rank{job.rank}", f"segments in {job.work}"):
+                summary = run_discovery(
+                    job.backbone, decomposer=self.decomposer, dataset=job.loop.dataset,
+                    trainer=job.loop.make_trainer(), out_dir=job.work, settings=job.settings or {},
+                    batch_size=job.loop.batch_size, num_workers=job.loop.num_workers,
+                    shard_size=job.loop.shard_size, num_pictures=job.num_pictures, overwrite=job.overwrite,
+                    indices=job.indices,
+                )
+        elif (job.work / "summary.json").is_file():
+            summary = load_json(job.work / "summary.json")
+        if job.work != job.out_dir and segments.folder.is_dir():
+            _link_discovery(job.work, job.out_dir)
+        if job.stage in ("all", "labels"):
+            if not segments.shards():
+                raise ValueError(f"stage=labels: no segments in {segments.folder}; run stage=segments first")
+            _check_complete(segments, job.loop.dataset)
+            job.labeler.embed_segments(job.backbone, job.loop, segments, job.work, job.rank)
+        return summary
+
+    def label(self, job: Job, scores_to_mask: ScoresToMask | None) -> dict[str, Any]:
+        return job.labeler.label_segments(job.backbone, SegmentStore(job.work / "segments"), job.work, job.out_dir,
+                                          scores_to_mask)
+
+
+class KMeansPatches(Method):
+    """The baseline every paper reports: k-means on the L2-normalised patch features, no graph."""
+
+    name = "kmeans_patches"
+    cache_kind = "patch_features"
+
+    def __init__(self, *, patch_feature: str = "tokens") -> None:
+        self.patch_feature = patch_feature
+
+    def cache_key(self, settings: dict[str, Any]) -> dict[str, Any]:
+        return {**{k: v for k, v in settings.items() if k != "graph"}, "patch_feature": self.patch_feature}
+
+    def _store(self, job: Job) -> ArrayStore:
+        return ArrayStore(job.work / f"patch_{self.patch_feature}")
+
+    def compute(self, job: Job) -> dict[str, Any]:
+        store = self._store(job)
+        with job_lock(job.work / f".lock-rank{job.rank}", f"patch features in {job.work}"):
+            computed = job.loop.run(PatchTokens(job.backbone, self.patch_feature), store)
+        return {"patch_tokens_computed_this_run": len(computed), "patch_features_dir": str(store.folder)}
+
+    def label(self, job: Job, scores_to_mask: ScoresToMask | None) -> dict[str, Any]:
+        summary = job.labeler.label_patches(self._store(job).read(), job.out_dir, scores_to_mask)
+        summary["patch_feature"] = self.patch_feature
+        return summary
+
+
+def _check_complete(segments: SegmentStore, dataset) -> None:
+    """Refuse to cluster a split whose discovery is unfinished (e.g. a shard task still running)."""
+    have = segments.done_indices() | {int(s["index"]) for s in read_skipped(segments.folder)}
+    missing = [i for i in range(len(dataset)) if i not in have]
+    if missing:
+        names = ", ".join(dataset.samples[i].stem for i in missing[:5])
+        raise ValueError(
+            f"{len(missing)} of {len(dataset)} images have no segments in {segments.folder} (e.g. {names}): "
+            "finish discovery first (every shard.index of stage=segments), then run stage=labels"
+        )
+
+
+def _link_discovery(work: Path, out_dir: Path) -> None:
+    """Make the cached discovery visible in the run's folder: ``segments`` link, copied pictures."""
+    link = out_dir / "segments"
+    target = (work / "segments").resolve()
+    if link.is_symlink() and link.resolve() != target:
+        link.unlink()
+    if not link.exists():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(target, target_is_directory=True)
+    for picture in sorted((work / "pictures").glob("*.png")):
+        copy = out_dir / "pictures" / picture.name
+        if not copy.is_file():
+            atomic_write(copy, lambda f, p=picture: f.write(p.read_bytes()))
