@@ -6,15 +6,16 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from datus.cli import finish_loggers, instantiate_loggers, register_resolvers, seed_everything
+from datus.cli.discover import pipeline_kwargs
+from datus.cli.logging import evaluation_metrics, log_results, summary_metrics
+from datus.cli.signals import exit_on_sigterm
+from datus.cli.train import refine_from_config, refinement_config
 from datus.io import load_json
 from datus.pipeline import run_pipeline
-from datus.utils import finish_loggers, instantiate_loggers, refinement_config, seed_everything
-from datus.utils.logging import evaluation_metrics, log_results, summary_metrics
-from datus.utils.pipeline import pipeline_kwargs
-from datus.utils.refinement import run_refinement
-from datus.utils.signals import exit_on_sigterm
 
 log = logging.getLogger("datus")
+register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="discover")
@@ -41,7 +42,7 @@ def main(cfg: DictConfig) -> float | None:
                  out_dir, ", metrics.json" if metrics else "")
     result = metrics["miou"] if metrics else None
     if cfg.refine and cfg.stage != "segments":
-        history = run_refinement(refinement_config(cfg, out_dir), loggers=loggers)
+        history = refine_from_config(refinement_config(cfg, out_dir), loggers=loggers)
         result = history[-1].get("best_val_miou", result)
     finish_loggers(loggers)
     return result

@@ -7,11 +7,12 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from datus.cli import finish_loggers, instantiate_loggers, register_resolvers
+from datus.cli.logging import log_evaluation
 from datus.evaluation import EvaluationError, evaluate_masks, format_table, write_report
-from datus.utils import finish_loggers, instantiate_loggers
-from datus.utils.logging import log_evaluation
 
 log = logging.getLogger("datus")
+register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
@@ -26,8 +27,8 @@ def main(cfg: DictConfig) -> float:
     out_dir = Path(cfg.paths.output_dir)
     dataset = instantiate(cfg.dataset)
     if cfg.ckpt is not None:  # predict the split with the refined model, then score those masks
+        from datus.cli.train import feature_cache, postprocessor
         from datus.refine import load_refiner, predict_split
-        from datus.utils.refinement import feature_cache, postprocessor
 
         module = load_refiner(cfg.ckpt)
         predict_split(module, dataset, out_dir, cache=feature_cache(cfg, out_dir), crf=postprocessor(cfg),

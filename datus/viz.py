@@ -15,9 +15,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from hydra.utils import instantiate
 
+    from datus.cli.compose import compose_config
     from datus.figures import feature_figure, pca_rgb
     from datus.io import save_figure
-    from datus.utils.compose import compose_config
 
     parser = argparse.ArgumentParser(prog="python -m datus.viz", description=__doc__)
     parser.add_argument("what", choices=("attention", "features"))

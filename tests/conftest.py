@@ -12,6 +12,10 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from datus.cli import register_resolvers
+
+register_resolvers()  # as every entry point does before composing
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = PROJECT_ROOT / "conf"
 #: CamVid from the workplace's shared folder; a user's fresh clone has none: tests skip.

@@ -76,7 +76,7 @@ def test_trainer_configs_compose(name, tmp_path):
 def test_logger_configs_instantiate(name, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    from datus.utils import instantiate_loggers
+    from datus.cli import instantiate_loggers
 
     cfg = compose_config("discover", [f"logger={name}"], tmp_path)
     loggers = instantiate_loggers(cfg.logger)
@@ -149,8 +149,8 @@ def test_the_cache_key_names_the_data_not_the_spelling_of_its_path(tmp_path, mon
     used from two folders (two different datasets): two entries."""
     from PIL import Image
 
+    from datus.cli.discover import pipeline_kwargs
     from datus.runs import settings_key
-    from datus.utils.pipeline import pipeline_kwargs
 
     for project in ("a", "b"):
         folder = tmp_path / project / "photos" / "train" / "images"

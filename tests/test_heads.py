@@ -60,10 +60,10 @@ def _overrides(photos, out, model="linear_head", *extra):
 
 
 def _refine(photos, out, model="linear_head", *extra):
-    from datus.utils.refinement import run_refinement
+    from datus.cli.train import refine_from_config
 
     cfg = compose_config("train", _overrides(photos, out, model, *extra), out)
-    return run_refinement(cfg, loggers=[])
+    return refine_from_config(cfg, loggers=[])
 
 
 @pytest.mark.parametrize("model", HEADS)
@@ -185,12 +185,12 @@ def test_evaluate_scores_a_head_checkpoint_on_another_split(photos, tmp_path):
 @pytest.mark.slow
 def test_the_linear_head_on_the_packaged_dinov2(photos, tmp_path, cache_dir):
     pytest.importorskip("onnx")
-    from datus.utils.refinement import run_refinement
+    from datus.cli.train import refine_from_config
 
     overrides = [o for o in _overrides(photos, tmp_path, "linear_head", "trainer.max_epochs=2", "predict=true")
                  if not o.startswith(("backbone=", "resize.size="))]
     cfg = compose_config("train", [*overrides, f"paths.cache_dir={cache_dir}", "resize.size=112"], tmp_path)
-    history = run_refinement(cfg, loggers=[])
+    history = refine_from_config(cfg, loggers=[])
     assert history[-1]["best_val_miou"] > 0
     assert len(list((tmp_path / "refined" / "pseudo_masks").glob("*.png"))) == 4
 
@@ -261,8 +261,8 @@ def test_centroids_of_another_backbone_are_refused(photos, tmp_path):
 def test_discover_makes_masks_through_the_crf_from_cluster_scores(tmp_path, cache_dir, method):
     """postprocess=crf: pixel-level masks (not one label per patch), labels in range; without fill the
     invalid segments' pixels stay unlabelled exactly as without the CRF."""
+    from datus.cli.discover import pipeline_kwargs
     from datus.pipeline import run_pipeline
-    from datus.utils.pipeline import pipeline_kwargs
 
     masks = {}
     for post in ("none", "crf"):
@@ -291,7 +291,7 @@ def test_model_configs_compose_and_instantiate(model, tmp_path):
     if model == "align_block":
         assert cfg.model.head.centroids == "/data/run/pseudo_masks/../labeling/centroids.npz"
         cfg.model.head.centroids = None
-    module = instantiate(cfg.model, class_names=["a", "b"])
+    module = instantiate(cfg.model, num_clusters=5, class_names=["a", "b"])  # K is given by train.py
     assert module.hparams.num_clusters == 5
     if model.startswith("deeplabv3_") and model != "deeplabv3_head":
         assert set(module.hparams.data) >= {"crop_size", "eval_short_side"}

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     from hydra.utils import instantiate
 
     from datus.bench.discovery import bench_discovery, format_report
-    from datus.utils.compose import compose_config
+    from datus.cli.compose import compose_config
 
     cfg = compose_config("discover", args.overrides)
     decomposer = instantiate(cfg.graph)

@@ -40,10 +40,10 @@ def child(images: int, stage: str, work: Path, overrides: list[str]) -> dict[str
     """The body of one measured process (prints one JSON line)."""
     import resource
 
+    from datus.cli import seed_everything
+    from datus.cli.compose import compose_config
+    from datus.cli.discover import pipeline_kwargs
     from datus.pipeline import run_pipeline
-    from datus.utils import seed_everything
-    from datus.utils.compose import compose_config
-    from datus.utils.pipeline import pipeline_kwargs
 
     cfg = compose_config("discover", [*overrides, f"stage={'all' if stage == 'load' else stage}",
                                       f"cache_dir={work / 'cache'}", "logger=none", "num_pictures=0",

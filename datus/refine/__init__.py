@@ -13,6 +13,7 @@ from datus.refine.load import load_refiner
 from datus.refine.model import build_segmenter, list_models
 from datus.refine.module import RefineModule
 from datus.refine.predict import predict_split, write_predictions
+from datus.refine.run import run_refinement
 
 __all__ = [
     "FeatureCache",
@@ -20,17 +21,18 @@ __all__ = [
     "FeatureStore",
     "HeadError",
     "HeadModule",
-    "build_head",
-    "list_heads",
-    "load_refiner",
-    "register_head",
-    "write_predictions",
     "PairedMasks",
     "PseudoMaskDataModule",
     "PseudoMaskError",
     "RandomStateCheckpoint",
     "RefineModule",
+    "build_head",
     "build_segmenter",
+    "list_heads",
     "list_models",
+    "load_refiner",
     "predict_split",
+    "register_head",
+    "run_refinement",
+    "write_predictions",
 ]

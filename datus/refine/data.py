@@ -27,6 +27,15 @@ def read_label_png(path: Path) -> np.ndarray:
         raise PseudoMaskError(str(err)) from err
 
 
+def pseudo_mask_folder(value: str | Path | None) -> Path:
+    """The ``pseudo_masks=`` folder, refused (naming the setting) when unset or missing."""
+    if value is None:
+        raise PseudoMaskError("pass pseudo_masks=DIR (the pseudo_masks/ folder written by discover.py)")
+    if not Path(value).is_dir():
+        raise PseudoMaskError(f"pseudo_masks={value}: no such folder")
+    return Path(value)
+
+
 def check_pseudo_masks(dataset: SegmentationDataset, masks_dir: str | Path, k: int | None = None) -> int:
     """Read every pseudo mask of ``dataset`` once, before training; returns K (``k``, or the largest label + 1).
 

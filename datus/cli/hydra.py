@@ -1,4 +1,8 @@
-"""Glue between Hydra configs and Lightning objects, used only by the entry points."""
+"""Glue between Hydra configs and Lightning objects, used only by the entry points.
+
+Nothing happens on import: each entry point (and the tests' conftest) calls
+:func:`register_resolvers` before composing a config.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 
 class _DropAdvertising(logging.Filter):
@@ -17,7 +21,6 @@ class _DropAdvertising(logging.Filter):
         return not str(record.msg).startswith("💡 Tip")
 
 
-logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropAdvertising())
 
 
 def instantiate_loggers(cfg: DictConfig | None) -> list:
@@ -44,26 +47,6 @@ def seed_everything(seed: int | None) -> None:
     """Seed python, numpy and torch (workers too) when a seed is given."""
     if seed is not None:
         pl.seed_everything(int(seed), workers=True, verbose=False)
-
-
-def refinement_config(cfg: DictConfig, out_dir: Path) -> DictConfig:
-    """The ``train`` config for ``discover.py refine=true``: train.yaml plus ``refine_overrides``,
-    trained on this run's dataset split and pseudo masks, written to ``out_dir/refine``."""
-    from hydra import compose
-
-    train_cfg = compose("train", overrides=list(cfg.refine_overrides))
-    with open_dict(train_cfg):
-        train_cfg.dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
-        train_cfg.paths = {**OmegaConf.to_container(cfg.paths, resolve=True), "output_dir": str(out_dir / "refine")}
-        train_cfg.train_split = cfg.dataset.get("split", train_cfg.train_split)
-        train_cfg.pseudo_masks = str(out_dir / "pseudo_masks")
-        train_cfg.k = int(cfg.k)
-        train_cfg.seed = cfg.seed
-        # heads on frozen features see the discovery backbone at the discovery resolution
-        train_cfg.backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
-        train_cfg.resize = OmegaConf.to_container(cfg.resize, resolve=True)
-        train_cfg.cache_dir = cfg.cache_dir
-    return train_cfg
 
 
 def _sweep_group(default: str) -> str:
@@ -96,6 +79,12 @@ def _on_gpu(accelerator: str) -> bool:
     return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
 
 
-OmegaConf.register_new_resolver("datus.on_gpu", _on_gpu, replace=True)
-OmegaConf.register_new_resolver("datus.sweep_group", _sweep_group, replace=True)
-OmegaConf.register_new_resolver("datus.run_name", _run_name, replace=True)
+def register_resolvers() -> None:
+    """The ``${datus.*}`` resolvers the configs use (``trainer/ddp.yaml``, ``logger/wandb.yaml``), and
+    a filter that drops Lightning's advertising lines from the log. Idempotent."""
+    OmegaConf.register_new_resolver("datus.on_gpu", _on_gpu, replace=True)
+    OmegaConf.register_new_resolver("datus.sweep_group", _sweep_group, replace=True)
+    OmegaConf.register_new_resolver("datus.run_name", _run_name, replace=True)
+    rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if not any(isinstance(f, _DropAdvertising) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropAdvertising())

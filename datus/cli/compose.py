@@ -14,6 +14,9 @@ def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
     """``conf/<config_name>.yaml`` with ``overrides``, resolvable outside a Hydra app."""
     from hydra import compose, initialize_config_dir
 
+    from datus.cli.hydra import register_resolvers
+
+    register_resolvers()
     if not CONF_DIR.is_dir():
         raise FileNotFoundError(f"{CONF_DIR} not found: run from a clone of the repository (pip install -e .)")
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):

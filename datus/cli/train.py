@@ -1,0 +1,80 @@
+"""From a composed ``train`` config to :func:`datus.refine.run_refinement` (train.py, ``discover.py refine=true``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from datus.cli.hydra import instantiate_loggers, seed_everything
+from datus.refine import FeatureCache
+from datus.refine.callbacks import RandomStateCheckpoint
+from datus.refine.checkpoint_io import AtomicCheckpointIO
+from datus.refine.data import pseudo_mask_folder
+from datus.refine.run import run_refinement
+
+
+def feature_cache(cfg: DictConfig, out_dir: Path) -> FeatureCache:
+    """Where heads on frozen features keep their feature maps: ``cache_dir`` (or the run dir)."""
+    # every image, whatever the training does (fast_dev_run runs one batch)
+    make_trainer = lambda: instantiate(cfg.trainer, logger=False, fast_dev_run=False)  # noqa: E731
+    return FeatureCache(cfg.get("cache_dir"), out_dir, make_trainer=make_trainer,
+                        batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+
+
+def postprocessor(cfg: DictConfig):
+    """The ``postprocess`` object (e.g. the dense CRF), or None."""
+    return instantiate(cfg.postprocess) if cfg.get("postprocess") else None
+
+
+def refine_from_config(cfg: DictConfig, loggers: list | None = None) -> list[dict]:
+    """train.py's body: build the datasets, model, trainer and callbacks that ``cfg`` names and run
+    :func:`~datus.refine.run_refinement`; returns one entry per round."""
+    seed_everything(cfg.seed)
+    pseudo_mask_folder(cfg.pseudo_masks)  # before the datasets load
+    out_dir = Path(cfg.paths.output_dir)
+    train_set = instantiate(cfg.dataset, split=cfg.train_split)
+    val_set = instantiate(cfg.dataset, split=cfg.val_split) if cfg.val_split else None
+    loggers = instantiate_loggers(cfg.logger) if loggers is None else loggers
+    class_names = list(val_set.classes) if val_set else []
+
+    def make_model(k: int, round_dir: Path):
+        return instantiate(cfg.model, num_clusters=k, class_names=class_names,
+                           picture_dir=str(round_dir / "val_pictures"))
+
+    def make_trainer(round_dir: Path, validates: bool):
+        best = instantiate(cfg.callbacks.checkpoint, dirpath=str(round_dir / "checkpoints"))
+        last = instantiate(cfg.callbacks.last, dirpath=str(round_dir / "checkpoints"))
+        callbacks = [best, last] if validates else [last]
+        callbacks.append(RandomStateCheckpoint())
+        plugins = [*(instantiate(cfg.trainer.get("plugins")) or []), AtomicCheckpointIO()]
+        trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=plugins,
+                              default_root_dir=str(round_dir))
+        return trainer, best, last
+
+    return run_refinement(
+        make_model, make_trainer=make_trainer, train_set=train_set, val_set=val_set,
+        pseudo_masks=cfg.pseudo_masks, out_dir=out_dir, k=int(cfg.k) if cfg.k else None, rounds=int(cfg.rounds),
+        predict=bool(cfg.predict), ckpt_path=cfg.ckpt_path, cache=feature_cache(cfg, out_dir), crf=postprocessor(cfg),
+    )
+
+
+def refinement_config(cfg: DictConfig, out_dir: Path) -> DictConfig:
+    """The ``train`` config for ``discover.py refine=true``: train.yaml plus ``refine_overrides``,
+    trained on this run's dataset split and pseudo masks, written to ``out_dir/refine``."""
+    from hydra import compose
+
+    train_cfg = compose("train", overrides=list(cfg.refine_overrides))
+    with open_dict(train_cfg):
+        train_cfg.dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
+        train_cfg.paths = {**OmegaConf.to_container(cfg.paths, resolve=True), "output_dir": str(out_dir / "refine")}
+        train_cfg.train_split = cfg.dataset.get("split", train_cfg.train_split)
+        train_cfg.pseudo_masks = str(out_dir / "pseudo_masks")
+        train_cfg.k = int(cfg.k)
+        train_cfg.seed = cfg.seed
+        # heads on frozen features see the discovery backbone at the discovery resolution
+        train_cfg.backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
+        train_cfg.resize = OmegaConf.to_container(cfg.resize, resolve=True)
+        train_cfg.cache_dir = cfg.cache_dir
+    return train_cfg
