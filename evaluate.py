@@ -34,7 +34,7 @@ def main(cfg: DictConfig) -> float:
         predict_split(module, dataset, out_dir, cache=feature_cache(cfg, out_dir), crf=postprocessor(cfg),
                       evaluate=False)
         masks, k = out_dir / "pseudo_masks", module.hparams.num_clusters
-    result, samples = evaluate_masks(dataset, masks, num_clusters=k, protocol=cfg.protocol,
+    result, samples = evaluate_masks(dataset, masks_dir=masks, num_clusters=k, protocol=cfg.protocol,
                                      allow_missing=cfg.allow_missing, num_samples=cfg.num_samples)
     write_report(out_dir, result, samples, list(dataset.classes))
     print(format_table(result))

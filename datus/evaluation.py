@@ -39,6 +39,7 @@ def _read_picture(path: Path, max_pixels: int | None) -> np.ndarray | None:
 
 def evaluate_masks(
     dataset: SegmentationDataset,
+    *,
     masks_dir: str | Path,
     num_clusters: int | None = None,
     protocol: str = "honest",

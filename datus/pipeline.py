@@ -113,7 +113,7 @@ def run_pipeline(
     if stage != "segments":
         summary["labeling"] = method.label(job, labeler.scores_to_mask(postprocess, dataset))
     if evaluate and stage != "segments" and dataset.has_masks:
-        result, samples = evaluate_masks(dataset, out_dir / "pseudo_masks", num_clusters=labeler.k,
+        result, samples = evaluate_masks(dataset, masks_dir=out_dir / "pseudo_masks", num_clusters=labeler.k,
                                          protocol=protocol, allow_missing=True)
         write_report(out_dir, result, samples, list(dataset.classes))
         log.info("pseudo masks vs ground truth:\n%s", format_table(result))

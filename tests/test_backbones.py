@@ -70,9 +70,17 @@ def test_input_that_is_not_a_multiple_of_the_patch_size_is_refused():
         backbone(torch.rand(3, 64, 64))
 
 
-def test_patch_size_override_that_contradicts_the_registry_is_an_error():
-    with pytest.raises(ValueError, match="backbone.patch_size=16 but dinov2_vits14 has patch_size 14"):
-        build_backbone("dinov2_vits14", patch_size=16)
+def test_the_configs_take_the_patch_size_from_the_registry(tmp_path):
+    """One source of truth: resize.patch_size resolves to the registry's value for every backbone config."""
+    from datus.backbones import get_backbone_spec
+    from tests.conftest import CONF_DIR, compose_config
+
+    for path in sorted((CONF_DIR / "backbone").glob("*.yaml")):
+        assert "patch_size" not in path.read_text() and "embed_dim" not in path.read_text(), path
+        cfg = compose_config("discover", [f"backbone={path.stem}"], tmp_path)
+        assert cfg.resize.patch_size == get_backbone_spec(cfg.backbone.name).patch_size
+    with pytest.raises(Exception, match="backbone.name='vit_huge' is unknown"):
+        compose_config("discover", ["backbone.name=vit_huge"], tmp_path).resize.patch_size  # noqa: B018
 
 
 def _timm_reference(backbone, images):

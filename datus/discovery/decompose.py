@@ -76,6 +76,11 @@ class SceneDecomposer:
         self.min_patches, self.connectivity = int(min_patches), int(connectivity)
         self.segment_feature = segment_feature
 
+    @property
+    def needs_key_bias(self) -> bool:
+        """Whether the graph needs the backbone's key bias (``affinity.debias=remove_key_bias``)."""
+        return self.affinity.debias == "remove_key_bias"
+
     def graph(self, features: Tensor, key_bias: Tensor | None = None) -> PatchGraph:
         """The patch graph of one image's ``(N, D)`` graph features."""
         return self.affinity.graph(features, key_bias)

@@ -34,8 +34,7 @@ class DiscoveryModule(pl.LightningModule):
         if images.is_cuda:
             torch.cuda.synchronize()
         backbone_ms = 1e3 * (time.perf_counter() - start) / len(items)
-        need_bias = self.decomposer.affinity.debias == "remove_key_bias"
-        key_bias = self.backbone.key_bias() if need_bias else None
+        key_bias = self.backbone.key_bias() if self.decomposer.needs_key_bias else None
         results = []
         for i, item in enumerate(items):
             dec = self.decomposer(graph[i], out.grid, segment[i], key_bias)

@@ -34,6 +34,7 @@ def _claim(folder: Path, settings: dict[str, Any], overwrite: bool) -> None:
 
 def run_discovery(
     backbone: Backbone,
+    *,
     decomposer: SceneDecomposer,
     dataset: Dataset,
     trainer: pl.Trainer,

@@ -89,15 +89,15 @@ class Labeler:
                        scores_to_mask: ScoresToMask | None = None) -> dict[str, Any]:
         """k-means over the segments (after :meth:`embed_segments`); pseudo masks into ``out_dir``."""
         features = ArrayLookup(self._crop_store(backbone, work)) if self.features == "crop" else None
-        summary = run_labeling(segments, out_dir, self.kmeans, features, fill=self.fill, weighted=self.weighted,
-                               scores_to_mask=scores_to_mask)
+        summary = run_labeling(segments, out_dir=out_dir, kmeans=self.kmeans, segment_features=features,
+                               fill=self.fill, weighted=self.weighted, scores_to_mask=scores_to_mask)
         summary["segment_features"] = self.features
         return summary
 
     def label_patches(self, patches: Mapping[int, ArrayRecord], out_dir: Path,
                       scores_to_mask: ScoresToMask | None = None) -> dict[str, Any]:
         """k-means over every patch feature (the baseline); pseudo masks into ``out_dir``."""
-        return label_patches(patches, out_dir, self.kmeans, scores_to_mask)
+        return label_patches(patches, out_dir=out_dir, kmeans=self.kmeans, scores_to_mask=scores_to_mask)
 
     def scores_to_mask(self, crf, dataset) -> ScoresToMask | None:
         """Masks from per-patch cluster scores through ``crf`` (e.g. :class:`datus.postprocess.DenseCRF`)

@@ -39,6 +39,7 @@ def training_sample(count: int, kmeans: KMeans) -> np.ndarray | None:
 
 def run_labeling(
     store: SegmentStore,
+    *,
     out_dir: str | Path,
     kmeans: KMeans,
     segment_features: Mapping[int, np.ndarray] | None = None,
@@ -151,6 +152,7 @@ def run_labeling(
 
 def label_patches(
     patch_features: Mapping[int, ArrayRecord],
+    *,
     out_dir: str | Path,
     kmeans: KMeans,
     scores_to_mask: ScoresToMask | None = None,
