@@ -43,10 +43,10 @@ class Job:
     work: Path
     out_dir: Path
     labeler: Labeler
+    num_pictures: int
     stage: str = "all"
     indices: range | None = None
     settings: dict[str, Any] | None = None
-    num_pictures: int = 8
     overwrite: bool = False
     rank: int = 0
     #: this job's block of the split, (index, count): one task of a sharded discovery

@@ -226,12 +226,13 @@ def _trainer(**kw) -> pl.Trainer:
                       enable_model_summary=False, **kw)
 
 
-def _run(out, dataset=None, settings=None, trainer=None, **kw):
+def _run(out, dataset=None, settings=None, trainer=None, num_workers=0, num_pictures=8, **kw):
     torch.manual_seed(0)  # the same random tiny backbone in every run
     backbone = build_backbone("tiny_vit")
     dataset = dataset or DemoImages(transform=ResizeForBackbone(64, 8))
     return run_discovery(backbone, decomposer=_tiny_decomposer(), dataset=dataset, trainer=trainer or _trainer(), out_dir=out,
-                         settings=settings or {"test": 1}, batch_size=2, shard_size=2, **kw)
+                         settings=settings or {"test": 1}, batch_size=2, shard_size=2, num_workers=num_workers,
+                         num_pictures=num_pictures, **kw)
 
 
 def _records(folder):

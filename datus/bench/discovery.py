@@ -57,8 +57,9 @@ def bench_discovery(
         trainer = pl.Trainer(accelerator="auto", devices=1, logger=False, enable_progress_bar=False,
                              enable_model_summary=False)
         start = time.perf_counter()
-        summary = run_discovery(backbone, decomposer=decomposer, dataset=subset, trainer=trainer, out_dir=Path(tmp), settings={"bench": 1},
-                                batch_size=batch_size, num_workers=num_workers, num_pictures=0)
+        summary = run_discovery(backbone, decomposer=decomposer, dataset=subset, trainer=trainer, out_dir=Path(tmp),
+                                settings={"bench": 1}, batch_size=batch_size, num_workers=num_workers,
+                                shard_size=256, num_pictures=0)
         discovery_s = time.perf_counter() - start
     backbone_s2, _ = _backbone_pass(backbone, subset, batch_size, num_workers)
     backbone_s = (backbone_s1 + backbone_s2) / 2
