@@ -14,7 +14,7 @@ from datus.data import (
     SegmentationDataset,
     read_image,
 )
-from datus.masks import UNLABELLED, infer_k, largest_label, read_mask
+from datus.masks import UNLABELLED, check_k, infer_k, largest_label, read_mask
 from datus.metrics import ClusterConfusion
 
 
@@ -65,7 +65,9 @@ def evaluate_masks(
             f"{len(missing)} of {len(paths)} images have no mask in {masks_dir} "
             f"(e.g. {', '.join(missing[:5])}); pass allow_missing=true to count them as unlabelled"
         )
-    if num_clusters is None:
+    if num_clusters is not None:
+        num_clusters = check_k(num_clusters, "k")
+    else:
         num_clusters = infer_k(largest_label(_read_png(path)) for stem, path in paths.items() if stem not in missing)
     metric = ClusterConfusion(num_clusters, list(dataset.classes), protocol=protocol)
     samples: list[dict[str, np.ndarray]] = []

@@ -30,7 +30,7 @@ SETTINGS_KEYS = ("backbone", "dataset", "resize", "graph")
 RUN_KEYS = (*SETTINGS_KEYS, "k", "labeling", "method", "seed", "postprocess")
 
 
-def _absolute_root(container: dict) -> dict:
+def absolute_root(container: dict) -> dict:
     """``container`` with ``dataset.root`` made absolute: the same data named relatively from one
     folder and absolutely (or through a link) shares one cache entry, and one relative name used
     from two folders does not."""
@@ -43,7 +43,7 @@ def _absolute_root(container: dict) -> dict:
 def cache_settings(container: dict[str, Any]) -> dict[str, Any]:
     """The cache key's settings of a resolved config; a randomly initialised backbone is only
     reproducible with its seed. A method may narrow or widen them (``Method.cache_key``)."""
-    container = _absolute_root(container)
+    container = absolute_root(container)
     settings = {key: container[key] for key in SETTINGS_KEYS}
     if container["backbone"].get("weights") == "random":
         settings["seed"] = container["seed"]
@@ -52,8 +52,18 @@ def cache_settings(container: dict[str, Any]) -> dict[str, Any]:
 
 def run_settings(container: dict[str, Any]) -> dict[str, Any]:
     """What a run dir remembers of the resolved config that produced its pseudo masks."""
-    container = _absolute_root(container)
+    container = absolute_root(container)
     return {key: container.get(key) for key in RUN_KEYS}
+
+
+def files_fingerprint(files: list[tuple[str, str | Path]]) -> str:
+    """A short digest of ``(name, path)`` files by name, size and modification time: cheap (no file is
+    read) and changed by any added, removed, replaced or rewritten file."""
+    digest = hashlib.sha256()
+    for name, path in files:
+        stat = Path(path).stat()
+        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 class RunConflictError(RuntimeError):

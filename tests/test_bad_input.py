@@ -363,6 +363,9 @@ CONFIG_CASES = [
     ("discover", ["k=2.5"], r"k=2\.5 must be a whole number"),
     ("discover", ["labeling.kmeans.niter=0"], r"labeling\.kmeans\.niter=0 must be"),
     ("discover", ["method=kmeans_patches", "k=1"], r"k=1 must be"),
+    # the mask format holds 0..254 and 255 = unlabelled: K=256 would write cluster 255 as unlabelled
+    ("discover", ["k=256"], r"k=256: K must be an integer from 2 to 255"),
+    ("discover", ["method=kmeans_patches", "k=270"], r"k=270: K must be an integer from 2 to 255"),
     ("discover", ["backbone.name=vit_huge"], r"backbone\.name='vit_huge' is unknown; choose one of .*dino_vits16.*tiny_vit"),
     ("discover", ["backbone=vit_huge"], r"Could not find 'backbone/vit_huge'.*dino_vits16.*tiny_vit"),
     ("discover", ["graph.min_patches=-1"], r"graph\.min_patches=-1 must be >= 0"),

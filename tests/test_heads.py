@@ -299,3 +299,53 @@ def test_model_configs_compose_and_instantiate(model, tmp_path):
         assert module.hparams.backbone["name"] == "dinov2_vits14" and module.hparams.resize == {"size": 448,
                                                                                                 "mode": "short_side"}
         assert module.eval()(torch.randn(1, 384, 4, 5)).shape == (1, 5, 4, 5)
+
+
+def test_training_refuses_zero_epochs(photos, tmp_path):
+    """trainer.max_epochs=0 predict=true would write "refined" masks from an untrained network."""
+    with pytest.raises(ValueError, match=r"trainer\.max_epochs=0 trains nothing"):
+        _refine(photos, tmp_path, "linear_head", "trainer.max_epochs=0", "predict=true")
+    assert not (tmp_path / "refined").exists()
+
+
+def test_a_training_run_dir_refuses_other_pseudo_masks_and_a_longer_schedule(photos, tmp_path):
+    """ckpt_path=last never resumes checkpoints trained on other pseudo masks, nor stretches a finished
+    one-cycle schedule; both are refused naming what changed, and overwrite=true starts afresh."""
+    import shutil
+
+    from datus.runs import RunConflictError
+
+    out = tmp_path / "run"
+    _refine(photos, out, "linear_head", "trainer.max_epochs=1", "val_split=null")
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    other = tmp_path / "other_masks"
+    shutil.copytree(photos / "run" / "pseudo_masks", other)
+    first = sorted(other.glob("*.png"))[0]
+    mask = np.asarray(Image.open(first)).copy()
+    mask[5:9] = 1
+    Image.fromarray(mask).save(first)
+    with pytest.raises(RunConflictError, match=r"changed: .*pseudo_mask"):
+        _refine(photos, out, "linear_head", "trainer.max_epochs=1", "val_split=null", f"pseudo_masks={other}",
+                "ckpt_path=last")
+    with pytest.raises(RunConflictError, match=r"changed: trainer\.max_epochs"):
+        _refine(photos, out, "linear_head", "trainer.max_epochs=2", "val_split=null", "ckpt_path=last")
+    before = (out / "checkpoints" / "last.ckpt").stat().st_mtime_ns
+    _refine(photos, out, "linear_head", "trainer.max_epochs=2", "val_split=null", "ckpt_path=last", "overwrite=true")
+    assert (out / "checkpoints" / "last.ckpt").stat().st_mtime_ns != before
+    assert json.loads((out / "run.json").read_text())["trainer.max_epochs"] == 2
+
+
+def test_a_run_dir_left_without_outputs_is_taken_over(photos, tmp_path):
+    """A run that failed before writing anything leaves only run.json: the corrected rerun proceeds."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"k": 99, "model": "something else"}))
+    _refine(photos, out, "linear_head", "trainer.max_epochs=1", "val_split=null")
+    assert json.loads((out / "run.json").read_text())["k"] == K
+
+
+def test_train_refuses_k_above_the_mask_format(photos, tmp_path):
+    from datus.refine import PseudoMaskError
+
+    with pytest.raises(PseudoMaskError, match="k=300: K must be an integer from 2 to 255"):
+        _refine(photos, tmp_path, "linear_head", "k=300")

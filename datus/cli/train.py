@@ -13,6 +13,7 @@ from datus.refine.callbacks import RandomStateCheckpoint
 from datus.refine.checkpoint_io import AtomicCheckpointIO
 from datus.refine.data import pseudo_mask_folder
 from datus.refine.run import run_refinement
+from datus.runs import absolute_root
 
 
 def feature_cache(cfg: DictConfig, out_dir: Path) -> FeatureCache:
@@ -33,6 +34,9 @@ def refine_from_config(cfg: DictConfig, loggers: list | None = None) -> list[dic
     :func:`~datus.refine.run_refinement`; returns one entry per round."""
     seed_everything(cfg.seed)
     pseudo_mask_folder(cfg.pseudo_masks)  # before the datasets load
+    if cfg.trainer.get("max_epochs") is not None and int(cfg.trainer.max_epochs) < 1:
+        raise ValueError(f"trainer.max_epochs={cfg.trainer.max_epochs} trains nothing: refined masks would come "
+                         "from an untrained network; pass trainer.max_epochs >= 1")
     out_dir = Path(cfg.paths.output_dir)
     train_set = instantiate(cfg.dataset, split=cfg.train_split)
     val_set = instantiate(cfg.dataset, split=cfg.val_split) if cfg.val_split else None
@@ -57,7 +61,19 @@ def refine_from_config(cfg: DictConfig, loggers: list | None = None) -> list[dic
         make_model, make_trainer=make_trainer, train_set=train_set, val_set=val_set,
         pseudo_masks=cfg.pseudo_masks, out_dir=out_dir, k=int(cfg.k) if cfg.k else None, rounds=int(cfg.rounds),
         predict=bool(cfg.predict), ckpt_path=cfg.ckpt_path, cache=feature_cache(cfg, out_dir), crf=postprocessor(cfg),
+        settings=training_settings(cfg), overwrite=bool(cfg.get("overwrite", False)),
     )
+
+
+def training_settings(cfg: DictConfig) -> dict:
+    """What shapes a run's checkpoints, for its ``run.json`` (resuming with other settings is refused):
+    the data, the model, the frozen backbone and its input, the seed and the epoch count (a one-cycle
+    schedule fixed for N epochs cannot be extended to more)."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    settings = {key: container.get(key) for key in ("model", "backbone", "resize", "seed", "train_split", "val_split")}
+    settings["dataset"] = absolute_root(container)["dataset"]
+    settings["trainer.max_epochs"] = container["trainer"].get("max_epochs")
+    return settings
 
 
 def refinement_config(cfg: DictConfig, out_dir: Path) -> DictConfig:

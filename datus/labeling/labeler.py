@@ -19,6 +19,7 @@ from datus.discovery.store import SegmentLookup, SegmentStore
 from datus.labeling.embed import SegmentEmbedder
 from datus.labeling.kmeans import KMeans
 from datus.labeling.run import ScoresToMask, label_patches, run_labeling
+from datus.masks import check_k
 from datus.runs import job_lock, settings_key
 from datus.shards import ArrayLookup, ArrayRecord, ArrayStore, PredictLoop
 
@@ -59,6 +60,7 @@ class Labeler:
         if score_temperature <= 0:
             raise ValueError(f"labeling.score_temperature={score_temperature} must be > 0")
         self.kmeans = kmeans(k=k)
+        check_k(self.kmeans.k, "k")  # masks are uint8 with 255 = unlabelled: K <= 255, refused before any work
         self.features, self.fill, self.weighted = features, bool(fill), bool(weighted)
         self.crop_size, self.crop_background = int(crop_size), crop_background
         self.extractor, self.score_temperature = extractor, float(score_temperature)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,9 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from datus.data import SegmentationDataset
-from datus.masks import infer_k, largest_label, read_mask
+from datus.masks import check_k, infer_k, largest_label, read_mask
+
+log = logging.getLogger(__name__)
 
 
 class PseudoMaskError(ValueError):
@@ -47,6 +50,11 @@ def check_pseudo_masks(dataset: SegmentationDataset, masks_dir: str | Path, k: i
     masks_dir = Path(masks_dir)
     if not masks_dir.is_dir():
         raise PseudoMaskError(f"pseudo_masks={masks_dir}: no such folder")
+    if k is not None:
+        try:
+            k = check_k(k, "k")
+        except ValueError as err:
+            raise PseudoMaskError(str(err)) from None
     missing, wrong_size, largest, too_large = [], [], [], []
     for sample in dataset.samples:
         path = masks_dir / f"{sample.stem}.png"
@@ -72,7 +80,10 @@ def check_pseudo_masks(dataset: SegmentationDataset, masks_dir: str | Path, k: i
         raise PseudoMaskError(f"k={k} but {len(too_large)} pseudo masks in {masks_dir} hold larger labels: "
                               f"{', '.join(too_large[:5])}; pass k=null to take K from the masks, or the k "
                               "discover.py used (k)")
-    return int(k) if k is not None else infer_k(largest)
+    if k is None:
+        k = infer_k(largest)
+        log.info("k=null: K=%d, the largest label in the pseudo masks of %s + 1 (pass k= to set it)", k, masks_dir)
+    return int(k)
 
 
 class PairedMasks(Dataset):

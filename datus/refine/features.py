@@ -157,16 +157,13 @@ class FeatureExtractor(pl.LightningModule):
 def dataset_identity(dataset) -> dict:
     """What names a split's contents for a cache key: its class, root, split and every image file's
     name, size and modification time (an added, removed or replaced image gives a new key)."""
-    import hashlib
+    from datus.runs import files_fingerprint
 
-    files = hashlib.sha256()
-    for sample in getattr(dataset, "samples", []):
-        stat = Path(sample.image).stat()
-        files.update(f"{sample.stem}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    files = files_fingerprint([(s.stem, s.image) for s in getattr(dataset, "samples", [])])
     root = getattr(dataset, "root", None)
     return {"type": type(dataset).__name__, "name": getattr(dataset, "name", None),
             "root": None if root is None else str(Path(root).expanduser().resolve()),
-            "split": getattr(dataset, "split", None), "images": len(dataset), "files": files.hexdigest()[:16]}
+            "split": getattr(dataset, "split", None), "images": len(dataset), "files": files}
 
 
 class FeatureCache:

@@ -8,6 +8,7 @@ factories in.
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from datus.refine.data import check_pseudo_masks, pseudo_mask_folder
 from datus.refine.features import FeatureCache
 from datus.refine.load import load_refiner
 from datus.refine.predict import predict_split
+from datus.runs import check_settings, files_fingerprint
 
 log = logging.getLogger("datus")
 
@@ -37,6 +39,28 @@ def resolve_ckpt(value: str | None, round_dir: Path) -> str | None:
         return value
     last = round_dir / "checkpoints" / "last.ckpt"
     return str(last) if last.is_file() else None
+
+
+#: What a training run writes into its output dir (removed when overwrite=true replaces another run).
+TRAIN_OUTPUTS = ("checkpoints", "refined", "val_pictures", "train_summary.json")
+
+
+def _outputs(out_dir: Path) -> list[Path]:
+    return [p for p in (*(out_dir / n for n in TRAIN_OUTPUTS), *sorted(out_dir.glob("round_*"))) if p.exists()]
+
+
+def claim_training_dir(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> None:
+    """``out_dir/run.json`` remembers what trains there (data, pseudo masks and their files, K, model,
+    backbone, epochs, ...). Checkpoints of other settings are never resumed or mixed: the run is
+    refused naming the changed settings, or with ``overwrite`` their outputs are removed first. A
+    run dir holding no outputs (a run that failed early) is simply taken over."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "run.json"
+    if path.is_file() and not _outputs(out_dir):
+        path.unlink()
+    if check_settings(path, settings, overwrite, what="checkpoints and refined masks"):
+        for output in _outputs(out_dir):
+            shutil.rmtree(output) if output.is_dir() else output.unlink()
 
 
 def _metric(trainer: pl.Trainer, name: str) -> float | None:
@@ -58,6 +82,8 @@ def run_refinement(
     ckpt_path: str | None = None,
     cache: FeatureCache | None = None,
     crf: DenseCRF | None = None,
+    settings: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> list[dict[str, Any]]:
     """Train on ``pseudo_masks`` for ``rounds`` rounds; returns one entry per round.
 
@@ -65,12 +91,17 @@ def run_refinement(
     the masks when ``k`` is None). Writes ``train_summary.json`` after every round, checkpoints
     (best by val mIoU, and last for resuming) and, with ``predict`` or between rounds, refined
     masks of the training split in discover.py's format (through ``crf`` when given): round
-    r+1 learns round r's refined masks.
+    r+1 learns round r's refined masks. ``settings`` (what shapes the checkpoints besides the
+    pseudo masks, which are fingerprinted here) guard ``out_dir``: see :func:`claim_training_dir`.
     """
     masks = pseudo_mask_folder(pseudo_masks)
     out_dir = Path(out_dir)
     remove_stale_temporaries(out_dir)
     k = check_pseudo_masks(train_set, masks, k)
+    mask_files = [(s.stem, masks / f"{s.stem}.png") for s in train_set.samples]
+    claim_training_dir(out_dir, {**(settings or {}), "k": k, "rounds": int(rounds),
+                                 "pseudo_masks": str(masks.resolve()),
+                                 "pseudo_mask_files": files_fingerprint(mask_files)}, overwrite)
     history: list[dict[str, Any]] = []
     for r in range(int(rounds)):
         round_dir = out_dir if rounds == 1 else out_dir / f"round_{r}"
