@@ -127,17 +127,24 @@ def save_masks(out_dir: Path, masks: Iterable[tuple[str, np.ndarray, tuple[int, 
     """Write ``pseudo_masks/<stem>.png`` and ``pseudo_masks_color/<stem>.png`` at original size.
 
     ``masks`` yields ``(stem, labels, (H, W) original size)``: labels per patch ``(h, w)``
-    (upsampled here, nearest) or already at the original size. Returns pixel coverage and
-    cluster sizes.
+    (upsampled here, nearest) or already at the original size. Masks left in those folders by
+    an earlier run for images that are no longer in the split are removed: the folders hold
+    exactly this split's masks. Returns pixel coverage and cluster sizes.
     """
     colors = palette(k)
     counts = np.zeros(256, dtype=np.int64)
+    written: set[str] = set()
     for stem, labels, size in masks:
+        written.add(f"{stem}.png")
         mask = labels if labels.shape == tuple(size) else upsample_labels(labels, size)
         save_mask(out_dir / "pseudo_masks" / f"{stem}.png", mask)
         save_color_mask(out_dir / "pseudo_masks_color" / f"{stem}.png", mask, colors)
         counts += np.bincount(mask.ravel(), minlength=256)
     save_legend(out_dir / "pseudo_masks_color" / "legend.png", k, colors)
+    for folder in ("pseudo_masks", "pseudo_masks_color"):
+        for stale in (out_dir / folder).glob("*.png"):
+            if stale.name not in written and stale.name != "legend.png":
+                stale.unlink()
     total = counts.sum()
     return {
         "coverage": float(1 - counts[UNLABELLED] / total) if total else 0.0,

@@ -25,7 +25,7 @@ from datus.io import atomic_write, load_json
 from datus.labeling import Labeler, PatchTokens
 from datus.labeling.run import ScoresToMask
 from datus.runs import job_lock
-from datus.shards import ArrayStore, PredictLoop, read_skipped
+from datus.shards import ArrayStore, Manifest, PredictLoop
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,11 @@ class Job:
     rank: int = 0
     #: this job's block of the split, (index, count): one task of a sharded discovery
     shard: tuple[int, int] = (0, 1)
+    #: the split's files now (:func:`datus.shards.dataset_manifest`): stores match records by it
+    manifest: Manifest | None = None
+
+    def segments(self) -> SegmentStore:
+        return SegmentStore(self.work / "segments", manifest=self.manifest)
 
 
 class Method(ABC):
@@ -89,7 +94,7 @@ class Datus(Method):
 
     def compute(self, job: Job) -> dict[str, Any]:
         summary: dict[str, Any] = {}
-        segments = SegmentStore(job.work / "segments")
+        segments = job.segments()
         if job.stage in ("all", "segments"):
             with job_lock(job.work / f".lock-{job.shard[0]}-of-{job.shard[1]}-rank{job.rank}", f"segments in {job.work}"):
                 summary = run_discovery(
@@ -111,8 +116,7 @@ class Datus(Method):
         return summary
 
     def label(self, job: Job, scores_to_mask: ScoresToMask | None) -> dict[str, Any]:
-        return job.labeler.label_segments(job.backbone, SegmentStore(job.work / "segments"), job.work, job.out_dir,
-                                          scores_to_mask)
+        return job.labeler.label_segments(job.backbone, job.segments(), job.work, job.out_dir, scores_to_mask)
 
 
 class KMeansPatches(Method):
@@ -128,7 +132,7 @@ class KMeansPatches(Method):
         return {**{k: v for k, v in settings.items() if k != "graph"}, "patch_feature": self.patch_feature}
 
     def _store(self, job: Job) -> ArrayStore:
-        return ArrayStore(job.work / f"patch_{self.patch_feature}")
+        return ArrayStore(job.work / f"patch_{self.patch_feature}", manifest=job.manifest)
 
     def compute(self, job: Job) -> dict[str, Any]:
         store = self._store(job)
@@ -144,7 +148,7 @@ class KMeansPatches(Method):
 
 def _check_complete(segments: SegmentStore, dataset) -> None:
     """Refuse to cluster a split whose discovery is unfinished (e.g. a shard task still running)."""
-    have = segments.done_indices() | {int(s["index"]) for s in read_skipped(segments.folder)}
+    have = segments.done_indices() | {int(s["index"]) for s in segments.skipped()}
     missing = [i for i in range(len(dataset)) if i not in have]
     if missing:
         names = ", ".join(dataset.samples[i].stem for i in missing[:5])

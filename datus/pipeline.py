@@ -24,7 +24,7 @@ from datus.labeling import Labeler
 from datus.methods import STAGES, Job, Method
 from datus.postprocess import DenseCRF
 from datus.runs import cache_entry, check_settings, shard_range
-from datus.shards import PredictLoop
+from datus.shards import PredictLoop, dataset_manifest
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def run_pipeline(
                        num_workers=num_workers, shard_size=shard_size)
     job = Job(backbone=backbone, loop=loop, work=work, out_dir=out_dir, labeler=labeler, stage=stage,
               indices=indices, settings=key, num_pictures=num_pictures, overwrite=overwrite, rank=global_rank(),
-              shard=(shard_index, shard_count))
+              shard=(shard_index, shard_count), manifest=dataset_manifest(dataset))
     summary = method.compute(job)
     if global_rank() != 0:
         return {}

@@ -21,7 +21,7 @@ from datus.io import load_json, write_json
 log = logging.getLogger(__name__)
 
 #: Bumped when the on-disk format of cached outputs changes, so old entries are not read.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: shards record each image's file fingerprint
 
 
 #: Config nodes that change the backbone passes (segments, patch features): the cache key.

@@ -12,8 +12,11 @@ records become arrays and back.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -43,25 +46,53 @@ def read_skipped(folder: Path) -> list[dict]:
     return [by_index[i] for i in sorted(by_index)]
 
 
-def _first_index(shard: Path) -> int:
-    return int(shard.stem.split("-")[-1])
+#: What a split holds, image by image: ``(stem, fingerprint)`` in dataset order (see :func:`dataset_manifest`).
+Manifest = list[tuple[str, str]]
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """A cheap fingerprint of a file's contents: its size and modification time (no byte is read)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return "unreadable"
+    return f"{stat.st_size}-{stat.st_mtime_ns}"
+
+
+def dataset_manifest(dataset) -> Manifest | None:
+    """``(stem, fingerprint)`` of every image of ``dataset`` in its order, or None for a dataset of no files."""
+    samples = getattr(dataset, "samples", None)
+    if samples is None:
+        return None
+    return [(s.stem, file_fingerprint(s.image)) for s in samples]
 
 
 class ShardStore:
     """The shards under ``folder``: naming, atomic writes, which images they hold, ordered reading.
 
-    Subclasses define :meth:`write_shard` (records -> one shard) and :meth:`read_shard`
-    (one shard -> records with an ``index`` attribute, the dataset index).
+    With a ``manifest`` (the split's images now, :func:`dataset_manifest`) every record is
+    matched to the split by its image's name and fingerprint, never by position: an image
+    added to the split (wherever it sorts), removed or replaced under the same name is seen as
+    missing, gone or changed, so it is computed, ignored or recomputed, and every record that
+    still matches is reused under its current index. Without one, records are the dataset
+    indices they were written with (a store the caller knows to be current).
+
+    Subclasses define :meth:`write_shard` (records -> one shard, via :meth:`identity_arrays`)
+    and :meth:`read_shard` (one shard -> records with an ``index`` attribute, in stored order).
     """
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, manifest: Manifest | None = None) -> None:
         self.folder = Path(folder)
+        self.manifest = manifest
 
     def shards(self) -> list[Path]:
         return sorted(self.folder.glob("shard-*.npz"))
 
-    def shard_path(self, first_index: int, rank: int = 0, suffix: str = ".npz") -> Path:
-        return self.folder / f"shard-{rank:03d}-{first_index:09d}{suffix}"
+    def shard_path(self, images: list[tuple[int, str]], rank: int = 0, suffix: str = ".npz") -> Path:
+        """``shard-<rank>-<first index>-<digest of its images>``: a shard of other images (e.g. one
+        image added in front of the split) never takes the name of, and replaces, an earlier shard."""
+        token = hashlib.sha1("\n".join(f"{i}\0{stem}\0{self.fingerprint(i)}" for i, stem in images).encode())
+        return self.folder / f"shard-{rank:03d}-{min(i for i, _ in images):09d}-{token.hexdigest()[:8]}{suffix}"
 
     def save_arrays(self, path: Path, arrays: dict[str, np.ndarray]) -> Path:
         """``arrays`` as one ``.npz`` at ``path``, atomically (never pickled)."""
@@ -69,53 +100,85 @@ class ShardStore:
         np.savez(buffer, **arrays)
         return atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
+    def fingerprint(self, index: int) -> str:
+        """The fingerprint the manifest gives image ``index`` ("" without a manifest)."""
+        return "" if self.manifest is None else self.manifest[index][1]
+
+    def identity_arrays(self, indices: list[int]) -> dict[str, np.ndarray]:
+        """What a shard records of its images' files, so later runs can tell whether they changed."""
+        return {"fingerprints": np.array([self.fingerprint(i) for i in indices], dtype=str)}
+
     def write_shard(self, records: list, rank: int = 0) -> Path:
         raise NotImplementedError
 
     def read_shard(self, path: Path) -> Iterator:
         raise NotImplementedError
 
-    def locate(self) -> dict[int, Path]:
-        """Dataset index -> the shard holding it (reads only the index arrays; first shard wins)."""
-        where: dict[int, Path] = {}
+    def locate(self) -> dict[int, tuple[Path, int]]:
+        """Current dataset index -> (shard, position in it) of every stored image that still matches
+        the split (reads only the index arrays; the first shard holding an image wins)."""
+        stored: dict[Any, tuple[Path, int]] = {}
         for shard in self.shards():
             with np.load(shard, allow_pickle=False) as z:
-                for index in z["indices"]:
-                    where.setdefault(int(index), shard)
-        return where
+                indices, stems = z["indices"], z["stems"]
+                fingerprints = z["fingerprints"] if "fingerprints" in z.files else None
+            for j, index in enumerate(indices):
+                if self.manifest is None:
+                    stored.setdefault(int(index), (shard, j))
+                elif fingerprints is not None:  # a record of unknown contents is never reused
+                    stored.setdefault((str(stems[j]), str(fingerprints[j])), (shard, j))
+        if self.manifest is None:
+            return stored
+        return {i: stored[key] for i, key in enumerate(self.manifest) if key in stored}
 
     def done_indices(self) -> set[int]:
-        """Dataset indices already in a finished shard."""
+        """Current dataset indices already in a finished shard (and still matching the split)."""
         return set(self.locate())
 
-    def __iter__(self) -> Iterator:
-        """Every stored record in dataset order, one shard in memory at a time.
+    def skipped(self) -> list[dict]:
+        """Images a writer recorded as unreadable that still match the split, with their current index."""
+        entries = read_skipped(self.folder)
+        if self.manifest is None:
+            return entries
+        current = {key: i for i, key in enumerate(self.manifest)}
+        out = []
+        for entry in entries:
+            i = current.get((entry["stem"], entry.get("fingerprint")))
+            if i is not None:
+                out.append({**entry, "index": i})
+        return sorted(out, key=lambda e: e["index"])
 
-        An image stored twice (e.g. by two overlapping jobs) is yielded once. Each writer's
-        shards hold increasing index ranges, so shards are read in order of their first index
-        and records are held back only until no later shard can hold a smaller index (DDP
-        ranks write interleaved indices).
+    @staticmethod
+    def with_index(record: Any, index: int) -> Any:
+        """``record`` under the current dataset ``index``."""
+        if record.index == index:
+            return record
+        return dataclasses.replace(record, index=index) if dataclasses.is_dataclass(record) else record._replace(index=index)
+
+    def __iter__(self) -> Iterator:
+        """Every stored record that matches the split, in dataset order, under its current index.
+
+        Shards are read whole, at most two held at a time (records of one shard are consecutive
+        in dataset order, except images added or changed since, which sit in later shards).
         """
-        shards = sorted(self.shards(), key=lambda p: (_first_index(p), p.name))
-        seen: set[int] = set()
-        pending: list = []
-        for i, shard in enumerate(shards):
-            pending.extend(r for r in self.read_shard(shard) if r.index not in seen)
-            seen.update(r.index for r in pending)
-            nxt = _first_index(shards[i + 1]) if i + 1 < len(shards) else None
-            pending.sort(key=lambda r: r.index)
-            ready = [r for r in pending if nxt is None or r.index < nxt]
-            pending = [r for r in pending if not (nxt is None or r.index < nxt)]
-            yield from ready
+        where = self.locate()
+        loaded: dict[Path, list] = {}
+        for index in sorted(where):
+            shard, position = where[index]
+            if shard not in loaded:
+                if len(loaded) >= 2:
+                    loaded.pop(next(iter(loaded)))
+                loaded[shard] = list(self.read_shard(shard))
+            yield self.with_index(loaded[shard][position], index)
 
 
 class ShardLookup:
-    """``lookup[index]`` -> that image's record, keeping one shard in memory (for sequential access)."""
+    """``lookup[index]`` -> that image's record (current index), one shard in memory (sequential access)."""
 
     def __init__(self, store: ShardStore) -> None:
         self.store, self.where = store, store.locate()
         self._shard: Path | None = None
-        self._records: dict[int, Any] = {}
+        self._records: list = []
 
     def __contains__(self, index: int) -> bool:
         return index in self.where
@@ -127,11 +190,11 @@ class ShardLookup:
         return sorted(self.where)
 
     def record(self, index: int) -> Any:
-        shard = self.where[index]
+        shard, position = self.where[index]
         if shard != self._shard:
-            self._records = {r.index: r for r in self.store.read_shard(shard)}
+            self._records = list(self.store.read_shard(shard))
             self._shard = shard
-        return self._records[index]
+        return self.store.with_index(self._records[position], index)
 
     def __getitem__(self, index: int) -> Any:
         return self.record(index)
@@ -221,7 +284,8 @@ class ArrayStore(ShardStore):
     """
 
     def write_shard(self, records: list[tuple[int, str, np.ndarray, tuple[int, ...]]], rank: int = 0) -> Path:
-        return self.save_arrays(self.shard_path(min(r[0] for r in records), rank), {
+        return self.save_arrays(self.shard_path([(r[0], r[1]) for r in records], rank), {
+            **self.identity_arrays([r[0] for r in records]),
             "indices": np.array([r[0] for r in records], dtype=np.int64),
             "stems": np.array([r[1] for r in records], dtype=str),
             "offsets": np.cumsum([0] + [len(r[2]) for r in records]).astype(np.int64),

@@ -237,3 +237,65 @@ def test_a_huge_split_trains_kmeans_on_a_seeded_sample(tmp_path):
     assert _masks(tmp_path / "a").keys() == _masks(tmp_path / "b").keys()
     assert all(np.array_equal(m, _masks(tmp_path / "b")[s]) for s, m in _masks(tmp_path / "a").items())
     assert not list((tmp_path / "a" / "labeling").glob(".*"))  # the scratch file is gone
+
+
+def _folder_split(root: Path, stems: list[str]) -> None:
+    """A folder dataset of real photos (scikit-image's, shrunk), one file per stem."""
+    from datus.data.demo import DEMO_FILES, skimage_data_dir
+
+    images = root / "all" / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    for stem, name in zip(stems, DEMO_FILES * 3):
+        with Image.open(skimage_data_dir() / name) as photo:
+            photo.convert("RGB").resize((96, 72)).save(images / f"{stem}.png")
+
+
+def _discover_folder(root: Path, out: Path, cache: Path) -> dict:
+    from datus.cli import seed_everything
+    from datus.cli.discover import pipeline_kwargs
+    from tests.conftest import compose_config
+
+    cfg = compose_config("discover", ["backbone=tiny_vit", "resize.size=64", "dataset=folder", f"dataset.root={root}",
+                                      "dataset.split=all", "k=3", "logger=none", "trainer.enable_progress_bar=false",
+                                      "graph.min_patches=2", f"cache_dir={cache}", "overwrite=true"], out)
+    seed_everything(cfg.seed)
+    return run_pipeline(**pipeline_kwargs(cfg, out))
+
+
+def _segments_by_stem(summary: dict, images: Path) -> dict:
+    """The cached segments of the split's current files (matched by name and fingerprint)."""
+    from datus.shards import file_fingerprint
+
+    manifest = [(p.stem, file_fingerprint(p)) for p in sorted(images.glob("*.png"))]
+    store = SegmentStore(Path(summary["cache_entry"]) / "segments", manifest=manifest)
+    return {r.stem: (r.index, r.decomposition.segments.tobytes()) for r in store}
+
+
+@pytest.mark.parametrize("edit", ["add_first", "delete", "replace"])
+def test_the_cache_follows_the_files_of_the_split(tmp_path, edit):
+    """An image added (sorting first), deleted or replaced under its name: only that image is (re)computed,
+    every other one reused, and the masks equal those of a clean run on the edited split (the cache used
+    to index by position: wrong masks, exit 0)."""
+    root, cache = tmp_path / "data", tmp_path / "cache"
+    _folder_split(root, ["b1", "b2", "b3", "b4"])
+    _discover_folder(root, tmp_path / "before", cache)
+    images = root / "all" / "images"
+    if edit == "add_first":
+        _folder_split(root, ["a0"])
+    elif edit == "delete":
+        (images / "b2.png").unlink()
+    else:
+        with Image.open(images / "b4.png") as photo:
+            photo.transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(images / "b4.png")
+    after = _discover_folder(root, tmp_path / "after", cache)
+    clean = _discover_folder(root, tmp_path / "clean", tmp_path / "clean_cache")
+    assert after["computed_this_run"] == {"add_first": 1, "delete": 0, "replace": 1}[edit]
+    assert after["images"] == clean["images"] == {"add_first": 5, "delete": 3, "replace": 4}[edit]
+    assert _segments_by_stem(after, images) == _segments_by_stem(clean, images)
+    assert len(_segments_by_stem(after, images)) == after["images"]
+    masks, clean_masks = _masks(tmp_path / "after"), _masks(tmp_path / "clean")
+    assert masks.keys() == clean_masks.keys() and all(np.array_equal(m, clean_masks[s]) for s, m in masks.items())
+    assert sorted(_masks(tmp_path / "after")) == sorted(p.stem for p in images.glob("*.png"))
+    if edit == "delete":  # the same output dir: the deleted image's mask is gone too
+        again = _discover_folder(root, tmp_path / "before", cache)
+        assert again["computed_this_run"] == 0 and sorted(_masks(tmp_path / "before")) == ["b1", "b3", "b4"]

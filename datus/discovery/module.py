@@ -14,7 +14,7 @@ from datus.backbones import Backbone
 from datus.discovery.decompose import SceneDecomposer
 from datus.discovery.store import TIMING_KEYS, ImageSegments, SegmentStore
 from datus.io import save_figure, write_json
-from datus.shards import ShardWriter, read_skipped
+from datus.shards import ShardWriter
 
 
 class DiscoveryModule(pl.LightningModule):
@@ -85,7 +85,8 @@ class SegmentWriter(ShardWriter):
         super().flush(rank)
         if self.skipped:
             first = min(s["index"] for s in self.skipped)
-            write_json(self.store.folder / f"skipped-{rank:03d}-{first:09d}.json", self.skipped)
+            entries = [{**s, "fingerprint": self.store.fingerprint(s["index"])} for s in self.skipped]
+            write_json(self.store.folder / f"skipped-{rank:03d}-{first:09d}.json", entries)
             self.skipped = []
 
 
@@ -104,7 +105,7 @@ def summarize(store: SegmentStore) -> dict[str, Any]:
             if key in dec.timings:
                 timings[key].append(dec.timings[key])
     done = store.done_indices()
-    skipped = [s for s in read_skipped(store.folder) if s["index"] not in done]
+    skipped = [s for s in store.skipped() if s["index"] not in done]
     return {
         "images": images,
         "segments": segments,

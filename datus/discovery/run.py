@@ -17,7 +17,7 @@ from datus.discovery.module import DiscoveryModule, SegmentWriter, summarize
 from datus.discovery.store import SegmentStore
 from datus.io import write_json
 from datus.runs import RunConflictError, check_settings
-from datus.shards import predict_missing
+from datus.shards import dataset_manifest, predict_missing
 
 __all__ = ["RunConflictError", "run_discovery"]
 
@@ -56,7 +56,7 @@ def run_discovery(
     after all ranks have written their shards.
     """
     out_dir = Path(out_dir)
-    store = SegmentStore(out_dir / "segments")
+    store = SegmentStore(out_dir / "segments", manifest=dataset_manifest(dataset))
     _claim(store.folder, settings or {}, overwrite)
     done = store.done_indices()
     if done:

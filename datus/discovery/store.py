@@ -46,6 +46,7 @@ class SegmentStore(ShardStore):
         """Write ``records`` as one shard (atomic); returns its path."""
         decs = [r.decomposition for r in records]
         arrays: dict[str, np.ndarray] = {
+            **self.identity_arrays([r.index for r in records]),
             "stems": np.array([r.stem for r in records], dtype=str),
             "indices": np.array([r.index for r in records], dtype=np.int64),
             "grid": np.array([r.grid for r in records], dtype=np.int32),
@@ -60,7 +61,7 @@ class SegmentStore(ShardStore):
         for name in _PER_SEGMENT:
             parts = [getattr(d, name) for d in decs]
             arrays[name] = np.concatenate(parts).astype(np.float16 if name == "segment_features" else parts[0].dtype)
-        return self.save_arrays(self.shard_path(min(r.index for r in records), rank), arrays)
+        return self.save_arrays(self.shard_path([(r.index, r.stem) for r in records], rank), arrays)
 
     def read_shard(self, path: Path) -> Iterator[ImageSegments]:
         with np.load(path, allow_pickle=False) as z:

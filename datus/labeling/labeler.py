@@ -69,11 +69,11 @@ class Labeler:
     def k(self) -> int:
         return self.kmeans.k
 
-    def _crop_store(self, backbone: Backbone, work: Path) -> ArrayStore:
+    def _crop_store(self, backbone: Backbone, work: Path, segments: SegmentStore) -> ArrayStore:
         source = self.extractor or backbone
         key = {"extractor": source.name, "weights": getattr(source, "weights_source", None),
                "crop_size": self.crop_size, "background": self.crop_background, "all_segments": self.fill}
-        return ArrayStore(work / "crop_features" / settings_key(key))
+        return ArrayStore(work / "crop_features" / settings_key(key), manifest=segments.manifest)
 
     def embed_segments(self, backbone: Backbone, loop: PredictLoop, segments: SegmentStore, work: Path,
                        rank: int = 0) -> None:
@@ -81,7 +81,7 @@ class Labeler:
         if self.features != "crop":
             return
         records = SegmentLookup(segments)
-        store = self._crop_store(backbone, work)
+        store = self._crop_store(backbone, work, segments)
         embedder = SegmentEmbedder(self.extractor or backbone, records, backbone.patch_size, self.crop_size,
                                    self.crop_background, all_segments=self.fill)
         with job_lock(work / f".lock-crops-rank{rank}", f"segment crops in {store.folder}"):
@@ -90,7 +90,7 @@ class Labeler:
     def label_segments(self, backbone: Backbone, segments: SegmentStore, work: Path, out_dir: Path,
                        scores_to_mask: ScoresToMask | None = None) -> dict[str, Any]:
         """k-means over the segments (after :meth:`embed_segments`); pseudo masks into ``out_dir``."""
-        features = ArrayLookup(self._crop_store(backbone, work)) if self.features == "crop" else None
+        features = ArrayLookup(self._crop_store(backbone, work, segments)) if self.features == "crop" else None
         summary = run_labeling(segments, out_dir=out_dir, kmeans=self.kmeans, segment_features=features,
                                fill=self.fill, weighted=self.weighted, scores_to_mask=scores_to_mask)
         summary["segment_features"] = self.features
