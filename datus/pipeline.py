@@ -40,7 +40,12 @@ RUN_OUTPUTS = ("pseudo_masks", "pseudo_masks_color", "labeling", "pictures", "se
 
 
 def _claim_output_dir(out_dir: Path, run_settings: dict[str, Any], overwrite: bool) -> None:
+    """``out_dir/run.json`` guards the run dir against mixing runs; a dir whose run failed before
+    writing anything (only its run.json) is taken over by the corrected rerun."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / "run.json").is_file() and not any((out_dir / name).exists() or (out_dir / name).is_symlink()
+                                                        for name in RUN_OUTPUTS):
+        (out_dir / "run.json").unlink()
     if check_settings(out_dir / "run.json", run_settings, overwrite, what="pseudo masks"):
         for name in RUN_OUTPUTS:
             path = out_dir / name

@@ -85,9 +85,16 @@ def check_settings(path: str | Path, settings: dict[str, Any], overwrite: bool, 
     path = Path(path)
     replaced = False
     if path.is_file():
-        previous = load_json(path)
+        try:
+            previous = load_json(path)
+        except (ValueError, UnicodeDecodeError) as err:  # truncated or garbled: what made the outputs is unknown
+            if not overwrite:
+                raise RunConflictError(f"{path} is damaged ({err}); it records what produced the {what} in "
+                                       f"{path.parent}: pass overwrite=true to replace them") from None
+            log.warning("overwrite=true: %s is damaged (%s); replacing the %s in %s", path, err, what, path.parent)
+            previous = None
         if previous != settings:
-            changed = ", ".join(changed_keys(previous, settings))
+            changed = ", ".join(changed_keys(previous, settings)) if isinstance(previous, dict) else "all"
             if not overwrite:
                 raise RunConflictError(
                     f"{path.parent} holds {what} made with other settings (changed: {changed}); "

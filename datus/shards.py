@@ -16,7 +16,9 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import os
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -27,6 +29,8 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 
 from datus.io import atomic_write
 
+log = logging.getLogger(__name__)
+
 
 def collate_items(items: list[dict]) -> dict[str, Any]:
     """Keep readable items (images may differ in size) and skipped ones apart."""
@@ -35,6 +39,14 @@ def collate_items(items: list[dict]) -> dict[str, Any]:
         "items": good,
         "skipped": [{"stem": i["stem"], "index": i["index"], "error": i["error"]} for i in items if "error" in i],
     }
+
+
+class DamagedShardError(RuntimeError):
+    """A shard could not be read (truncated, garbled): it has been moved aside; a rerun recomputes its images."""
+
+
+#: What numpy and zipfile raise on a truncated or garbled ``.npz``.
+_DAMAGE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 
 def read_skipped(folder: Path) -> list[dict]:
@@ -119,9 +131,13 @@ class ShardStore:
         the split (reads only the index arrays; the first shard holding an image wins)."""
         stored: dict[Any, tuple[Path, int]] = {}
         for shard in self.shards():
-            with np.load(shard, allow_pickle=False) as z:
-                indices, stems = z["indices"], z["stems"]
-                fingerprints = z["fingerprints"] if "fingerprints" in z.files else None
+            try:
+                with np.load(shard, allow_pickle=False) as z:
+                    indices, stems = z["indices"], z["stems"]
+                    fingerprints = z["fingerprints"] if "fingerprints" in z.files else None
+            except _DAMAGE as err:
+                self.set_aside(shard, err)  # its images count as missing: this run recomputes them
+                continue
             for j, index in enumerate(indices):
                 if self.manifest is None:
                     stored.setdefault(int(index), (shard, j))
@@ -130,6 +146,23 @@ class ShardStore:
         if self.manifest is None:
             return stored
         return {i: stored[key] for i, key in enumerate(self.manifest) if key in stored}
+
+    def set_aside(self, shard: Path, error: BaseException) -> Path:
+        """Move a damaged ``shard`` to ``<name>.damaged`` (kept for inspection, never read again)."""
+        target = shard.with_name(shard.name + ".damaged")
+        os.replace(shard, target)
+        log.warning("damaged shard %s (%s: %s): moved to %s; its images will be recomputed",
+                    shard, type(error).__name__, error, target.name)
+        return target
+
+    def load(self, shard: Path) -> list:
+        """Every record of ``shard``; a shard whose data cannot be read is set aside, naming it."""
+        try:
+            return list(self.read_shard(shard))
+        except _DAMAGE as err:
+            target = self.set_aside(shard, err)
+            raise DamagedShardError(f"{shard} is damaged ({type(err).__name__}: {err}); it was moved to "
+                                    f"{target.name}: rerun the same command to recompute its images") from None
 
     def done_indices(self) -> set[int]:
         """Current dataset indices already in a finished shard (and still matching the split)."""
@@ -168,7 +201,7 @@ class ShardStore:
             if shard not in loaded:
                 if len(loaded) >= 2:
                     loaded.pop(next(iter(loaded)))
-                loaded[shard] = list(self.read_shard(shard))
+                loaded[shard] = self.load(shard)
             yield self.with_index(loaded[shard][position], index)
 
 
@@ -192,7 +225,7 @@ class ShardLookup:
     def record(self, index: int) -> Any:
         shard, position = self.where[index]
         if shard != self._shard:
-            self._records = list(self.store.read_shard(shard))
+            self._records = self.store.load(shard)
             self._shard = shard
         return self.store.with_index(self._records[position], index)
 

@@ -299,3 +299,56 @@ def test_the_cache_follows_the_files_of_the_split(tmp_path, edit):
     if edit == "delete":  # the same output dir: the deleted image's mask is gone too
         again = _discover_folder(root, tmp_path / "before", cache)
         assert again["computed_this_run"] == 0 and sorted(_masks(tmp_path / "before")) == ["b1", "b3", "b4"]
+
+
+def test_a_damaged_shard_is_named_set_aside_and_recomputed(tmp_path, caplog):
+    """A truncated shard (BadZipFile) is set aside, named in the log, and its images recomputed in the
+    same run; a garbled one (bad CRC inside) fails naming the file, and the rerun recomputes it. The
+    masks then equal a clean run's."""
+    root, cache = tmp_path / "data", tmp_path / "cache"
+    _folder_split(root, ["b1", "b2", "b3"])
+    first = _discover_folder(root, tmp_path / "run", cache)
+    clean = _masks(tmp_path / "run")
+    (shard,) = sorted((Path(first["cache_entry"]) / "segments").glob("shard-*.npz"))
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])  # truncated: the zip directory is gone
+    with caplog.at_level("WARNING"):
+        again = _discover_folder(root, tmp_path / "run", cache)
+    assert again["computed_this_run"] == 3 and shard.name in caplog.text and "damaged" in caplog.text
+    assert all(np.array_equal(m, clean[s]) for s, m in _masks(tmp_path / "run").items())
+    (shard,) = sorted((Path(first["cache_entry"]) / "segments").glob("shard-*.npz"))
+    data = bytearray(shard.read_bytes())
+    start = data.index(b"segment_features.npy") + 200  # inside that member's compressed-free data
+    data[start:start + 64] = bytes(64)
+    shard.write_bytes(bytes(data))
+    from datus.shards import DamagedShardError
+
+    with pytest.raises(DamagedShardError, match=shard.name):
+        _discover_folder(root, tmp_path / "run", cache)
+    third = _discover_folder(root, tmp_path / "run", cache)
+    assert third["computed_this_run"] == 3
+    assert all(np.array_equal(m, clean[s]) for s, m in _masks(tmp_path / "run").items())
+
+
+def test_damaged_or_orphan_run_records_do_not_block_a_rerun(tmp_path):
+    """A garbled run.json names itself and yields to overwrite=true; a run.json left by a run that failed
+    before writing anything is taken over by the corrected rerun."""
+    from datus.runs import RunConflictError
+
+    root, cache = tmp_path / "data", tmp_path / "cache"
+    _folder_split(root, ["b1", "b2"])
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text('{"k": 7, "labeling"')  # a failed run's record, nothing else
+    _discover_folder(root, out, cache)  # taken over
+    (out / "run.json").write_text("\x00garbled")
+    from datus.cli.discover import pipeline_kwargs
+    from tests.conftest import compose_config
+
+    cfg = compose_config("discover", ["backbone=tiny_vit", "resize.size=64", "dataset=folder", f"dataset.root={root}",
+                                      "dataset.split=all", "k=3", "logger=none", "graph.min_patches=2",
+                                      f"cache_dir={cache}"], out)
+    with pytest.raises(RunConflictError, match=r"run\.json is damaged"):
+        run_pipeline(**pipeline_kwargs(cfg, out))
+    _discover_folder(root, out, cache)  # overwrite=true replaces it
+    assert json.loads((out / "run.json").read_text())["k"] == 3
