@@ -432,3 +432,28 @@ def test_discover_py_exits_non_zero_naming_the_setting(tmp_path):
     assert proc.returncode != 0
     assert "k=1 must be a whole number >= 2" in proc.stderr, proc.stderr[-2000:]
     assert not (out / "segments").exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize(("size", "reason"), [((100000, 2), "smaller than one patch"),
+                                              ((2000, 100), "aspect ratio 20.0, above resize.max_aspect_ratio"),
+                                              ((1200, 160), "patches, above resize.max_patches")])
+def test_hostile_sizes_are_skipped_from_the_header_before_decoding(tmp_path, size, reason, monkeypatch):
+    """A 100000x2 strip used to be resized to a 120 GB tensor: now it is skipped by name, never decoded."""
+    import datus.data.base
+    from datus.data import ImageFolder
+    from datus.data.safe import SkipUnreadable
+    from datus.transforms import ResizeForBackbone
+
+    folder = tmp_path / "all" / "images"
+    folder.mkdir(parents=True)
+    Image.new("RGB", size, (120, 40, 200)).save(folder / "strip.png")
+    Image.new("RGB", (96, 64), (20, 40, 60)).save(folder / "fine.png")
+    resize = ResizeForBackbone(64, 8, max_patches=400, max_aspect_ratio=8)
+    dataset = SkipUnreadable(ImageFolder(tmp_path, "all", transform=resize), min_size=8)
+    decoded = []
+    read = datus.data.base.read_image
+    monkeypatch.setattr(datus.data.base, "read_image", lambda path, *a, **k: decoded.append(path) or read(path, *a, **k))
+    items = {dataset[i]["stem"]: dataset[i] for i in range(len(dataset))}
+    assert "error" not in items["fine"] and items["fine"]["image"].shape[-2:] == (64, 96)
+    assert reason in items["strip"]["error"] and "strip.png" in items["strip"]["error"]
+    assert all("strip" not in str(p) for p in decoded)  # decided from the header: never decoded

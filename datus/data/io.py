@@ -152,9 +152,13 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     """Return (H, W) of an image from its header, without decoding pixels (EXIF rotation applied)."""
     path = Path(path)
     try:
+        if path.is_file() and path.stat().st_size == 0:
+            raise ImageReadError(f"cannot read image {path}: the file is empty (0 bytes)")
         with Image.open(path) as im:
             w, h = im.size
             orientation = im.getexif().get(0x0112, 1)
+    except ImageReadError:
+        raise
     except _READ_ERRORS as e:
         raise ImageReadError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)

@@ -7,6 +7,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from datus.data.errors import DatasetError, MaskError
+from datus.data.io import image_size
 
 
 class SkipUnreadable(Dataset):
@@ -30,7 +31,30 @@ class SkipUnreadable(Dataset):
         samples = getattr(self.dataset, "samples", None)
         return str(samples[index].image) if samples is not None else stem
 
+    def _refused(self, index: int) -> dict[str, Any] | None:
+        """Decide from the image file's header, before decoding or resizing: smaller than one patch,
+        or refused by the dataset's transform (e.g. :meth:`datus.transforms.ResizeForBackbone.refuse`)."""
+        samples = getattr(self.dataset, "samples", None)
+        if samples is None:
+            return None
+        sample = samples[index]
+        try:
+            height, width = image_size(sample.image)
+        except DatasetError as err:
+            return {"stem": sample.stem, "index": int(index), "error": str(err)}
+        if min(height, width) < self.min_size:
+            return {"stem": sample.stem, "index": int(index), "error": f"image {sample.image} is {width}x{height}, "
+                    f"smaller than one patch ({self.min_size} px): nothing to decompose"}
+        refuse = getattr(getattr(self.dataset, "transform", None), "refuse", None)
+        reason = refuse(height, width) if refuse is not None else None
+        if reason is None:
+            return None
+        return {"stem": sample.stem, "index": int(index), "error": f"image {sample.image}: {reason}"}
+
     def __getitem__(self, index: int) -> dict[str, Any]:
+        refused = self._refused(index)
+        if refused is not None:
+            return refused
         try:
             item = self.dataset[index]
         except MaskError:
