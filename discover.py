@@ -6,7 +6,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from datus.cli import finish_loggers, instantiate_loggers, register_resolvers, seed_everything
+from datus.cli import finish_loggers, instantiate_loggers, register_resolvers, run_command, seed_everything
 from datus.cli.discover import pipeline_kwargs
 from datus.cli.logging import evaluation_metrics, log_results, summary_metrics
 from datus.cli.signals import exit_on_sigterm
@@ -49,4 +49,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -7,7 +7,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from datus.cli import finish_loggers, instantiate_loggers, register_resolvers
+from datus.cli import finish_loggers, instantiate_loggers, register_resolvers, run_command
 from datus.cli.logging import log_evaluation
 from datus.evaluation import EvaluationError, evaluate_masks, format_table, write_report
 
@@ -31,6 +31,9 @@ def main(cfg: DictConfig) -> float:
         from datus.refine import load_refiner, predict_split
 
         module = load_refiner(cfg.ckpt)
+        if k is not None and k != module.hparams.num_clusters:
+            raise EvaluationError(f"k={k} but ckpt={cfg.ckpt} predicts K={module.hparams.num_clusters} clusters "
+                                  "(a checkpoint's K is fixed): drop k= or pass a checkpoint trained with that K")
         predict_split(module, dataset, out_dir, cache=feature_cache(cfg, out_dir), crf=postprocessor(cfg),
                       evaluate=False)
         masks, k = out_dir / "pseudo_masks", module.hparams.num_clusters
@@ -46,4 +49,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from datus.cli import finish_loggers, instantiate_loggers, register_resolvers
+from datus.cli import finish_loggers, instantiate_loggers, register_resolvers, run_command
 from datus.cli.signals import exit_on_sigterm
 from datus.cli.train import refine_from_config
 
@@ -20,4 +20,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -59,8 +60,9 @@ def remove_stale_temporaries(folder: str | Path, max_age_s: float = 86400.0) -> 
 def scratch_file(folder: str | Path, name: str) -> Iterator[Path]:
     """A temporary file in ``folder`` (deleted afterwards; a killed run's is removed by the next)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.{_owner()}.", suffix=TMP_SUFFIX)
+    with named_write_errors(folder / name):
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.{_owner()}.", suffix=TMP_SUFFIX)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -68,21 +70,61 @@ def scratch_file(folder: str | Path, name: str) -> Iterator[Path]:
         Path(tmp).unlink(missing_ok=True)
 
 
+class WriteError(OSError):
+    """A file could not be written (disk full, quota, read-only or forbidden folder); names the file.
+
+    Work already finished is kept (every write is atomic), so freeing space and rerunning the same
+    command resumes.
+    """
+
+    def __str__(self) -> str:
+        return str(self.strerror)  # the whole message, the path included
+
+
+#: errno -> what to do about it, for the write errors a user can fix.
+_WRITE_HINTS = {
+    errno.ENOSPC: "free space on that disk (or point the setting at another one)",
+    errno.EDQUOT: "free space within your quota (or point the setting at another disk)",
+    errno.EROFS: "that file system is read-only: point the setting at a writable folder",
+    errno.EACCES: "check the folder's permissions (or point the setting at a writable folder)",
+    errno.EPERM: "check the folder's permissions (or point the setting at a writable folder)",
+}
+
+
+@contextmanager
+def named_write_errors(path: str | Path) -> Iterator[None]:
+    """Turn an OSError a user can fix (disk full, read-only, ...) into a :class:`WriteError` naming ``path``."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as err:
+        hint = _WRITE_HINTS.get(err.errno)
+        if hint is None:
+            raise
+        raise WriteError(err.errno, f"cannot write {path}: {err.strerror}; {hint}, then rerun the same command "
+                         "(finished work is kept)", str(path)) from err
+
+
 @contextmanager
 def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
-    """Open a temporary file beside ``path`` for binary writing; rename it over ``path`` on success."""
+    """Open a temporary file beside ``path`` for binary writing; rename it over ``path`` on success.
+
+    A disk that fills up (or any write error a user can fix) raises :class:`WriteError` naming ``path``.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_owner()}.", suffix=TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with named_write_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_owner()}.", suffix=TMP_SUFFIX)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:

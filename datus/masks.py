@@ -81,13 +81,25 @@ def palette(k: int) -> np.ndarray:
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """A single-channel uint8 label PNG as an ``(H, W)`` array; anything else is an error."""
-    from PIL import Image
+    """A single-channel uint8 label PNG as an ``(H, W)`` array; anything else is a ValueError naming it.
 
-    with Image.open(path) as image:
-        if image.mode not in ("L", "P"):
-            raise ValueError(f"{path}: a mask must be a single-channel uint8 PNG, not mode {image.mode}")
-        return np.array(image, dtype=np.uint8)
+    Truncated, empty or garbled files fail here with their path (decoding is forced inside the
+    ``try``), never later as a bare ``OSError: image file is truncated``.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("L", "P"):
+                raise ValueError(f"{path}: a mask must be a single-channel uint8 PNG, not mode {image.mode}")
+            return np.array(image, dtype=np.uint8)
+    except FileNotFoundError as err:
+        raise ValueError(f"mask {path} does not exist") from err
+    except (OSError, SyntaxError, EOFError, UnidentifiedImageError) as err:
+        size = path.stat().st_size if Path(path).is_file() else 0
+        what = "the file is empty (0 bytes)" if size == 0 else f"{type(err).__name__}: {err}"
+        raise ValueError(f"cannot read mask {path}: {what}; rewrite it (rerun the command that made it) "
+                         "or remove it") from err
 
 
 def save_mask(path: Path, mask: np.ndarray) -> None:

@@ -168,6 +168,6 @@ def _link_discovery(work: Path, out_dir: Path) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         link.symlink_to(target, target_is_directory=True)
     for picture in sorted((work / "pictures").glob("*.png")):
-        copy = out_dir / "pictures" / picture.name
-        if not copy.is_file():
-            atomic_write(copy, lambda f, p=picture: f.write(p.read_bytes()))
+        copy, data = out_dir / "pictures" / picture.name, picture.read_bytes()
+        if not copy.is_file() or copy.read_bytes() != data:  # missing, or damaged since: copy again
+            atomic_write(copy, lambda f, d=data: f.write(d))

@@ -102,6 +102,9 @@ def run_pipeline(
                          "then one stage=labels job once every shard is done")
     out_dir = Path(out_dir)
     settings = settings or {}
+    ignored = list(getattr(dataset, "ignored_files", []))
+    for entry in ignored:
+        log.warning("ignored %s: %s, not an image file", entry["file"], entry["reason"])
     _claim_output_dir(out_dir, run_settings if run_settings is not None else settings, overwrite)
     remove_stale_temporaries(out_dir)  # left by a killed run (SIGKILL cannot be caught)
     key = method.cache_key(settings)
@@ -123,6 +126,7 @@ def run_pipeline(
         write_report(out_dir, result, samples, list(dataset.classes))
         log.info("pseudo masks vs ground truth:\n%s", format_table(result))
         summary["metrics"] = {k: result[k] for k in ("miou", "pixel_accuracy", "mean_f1", "coverage")}
+    summary["ignored_files"] = ignored
     summary["method"] = method.name
     summary["stage"] = stage
     if cache_dir:

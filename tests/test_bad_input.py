@@ -8,9 +8,11 @@ is read, with a message naming the setting. Photos are real (scikit-image's, via
 
 from __future__ import annotations
 
+import errno
 import functools
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -293,12 +295,15 @@ def test_discover_decomposes_the_good_images_and_names_the_skipped_ones(tmp_path
     """One real discover.py run (tiny backbone) over good photos mixed with every converted or skipped case."""
     cases = [c for c in CASES if c.e2e and c.outcome != ERROR] + [E2E_OVER_LIMIT]
     written = _folder(tmp_path / "data", cases)
+    images = tmp_path / "data" / "train" / "images"
+    (images / "loop.png").symlink_to("loop.png")  # entries named like images that are no files: left out, named
+    os.mkfifo(images / "pipe.png")
     out = tmp_path / "run"
     cfg = compose_config("discover", [
         "backbone=tiny_vit", "dataset=folder", f"dataset.root={tmp_path / 'data'}", "dataset.split=train",
         f"dataset.num_classes={NUM_CLASSES}", f"dataset.max_pixels={E2E_LIMIT}", "resize.size=64",
         "k=3", "graph.min_patches=2", "logger=none", "trainer.enable_progress_bar=false",
-        "num_pictures=1", f"paths.cache_dir={cache_dir}", f"cache_dir={tmp_path / 'cache'}",
+        "num_pictures=100", f"paths.cache_dir={cache_dir}", f"cache_dir={tmp_path / 'cache'}",
     ], out)
     try:
         _load_entry_point("discover").main(cfg)
@@ -321,6 +326,18 @@ def test_discover_decomposes_the_good_images_and_names_the_skipped_ones(tmp_path
 
     metrics = json.loads((out / "metrics.json").read_text())  # the split is labelled: evaluated
     assert sorted(metrics["missing_masks"]) == sorted(expected_skips)  # counted as unlabelled, listed
+    assert summary["ignored_files"] == [{"file": str(images / "loop.png"), "reason": "a symbolic link loop"},
+                                        {"file": str(images / "pipe.png"), "reason": "a FIFO (named pipe)"}]
+
+    # a picture damaged in the run dir (the cache holds the original) is repaired by the rerun
+    picture = sorted((out / "pictures").glob("*.png"))[0]
+    original = picture.read_bytes()
+    picture.write_bytes(original[:100])
+    try:
+        _load_entry_point("discover").main(cfg)
+    finally:
+        GlobalHydra.instance().clear()
+    assert picture.read_bytes() == original
 
 
 # ----------------------------------------------------------------------------- files: read_image level
@@ -429,8 +446,9 @@ def test_discover_py_exits_non_zero_naming_the_setting(tmp_path):
          f"hydra.run.dir={out}", f"paths.cache_dir={tmp_path / 'cache'}", f"cache_dir={tmp_path / 'cache'}"],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, check=False,
     )
-    assert proc.returncode != 0
-    assert "k=1 must be a whole number >= 2" in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 1
+    assert "error: k=1 must be a whole number >= 2" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr  # one line naming the setting; DATUS_DEBUG=1 shows the traceback
     assert not (out / "segments").exists() and not (tmp_path / "cache").exists()
 
 
@@ -457,3 +475,114 @@ def test_hostile_sizes_are_skipped_from_the_header_before_decoding(tmp_path, siz
     assert "error" not in items["fine"] and items["fine"]["image"].shape[-2:] == (64, 96)
     assert reason in items["strip"]["error"] and "strip.png" in items["strip"]["error"]
     assert all("strip" not in str(p) for p in decoded)  # decided from the header: never decoded
+
+
+# ----------------------------------------------------------------------------- messages: one line naming the file
+def test_a_truncated_or_empty_pseudo_mask_is_named(tmp_path: Path) -> None:
+    """evaluate.py used to stop with a bare ``OSError: image file is truncated``."""
+    from datus.evaluation import EvaluationError, evaluate_masks
+    from datus.masks import save_mask
+
+    written = _folder(tmp_path / "data", [])
+    dataset = ImageFolder(tmp_path / "data", "train", num_classes=NUM_CLASSES)
+    masks = tmp_path / "masks"
+    for stem, w in written.items():
+        save_mask(masks / f"{stem}.png", _mask(*w.size))
+    assert evaluate_masks(dataset, masks_dir=masks, num_clusters=3)[0]["images"] == len(written)
+    first, second = sorted(written)[:2]
+    data = (masks / f"{first}.png").read_bytes()
+    (masks / f"{first}.png").write_bytes(data[:len(data) // 2])
+    with pytest.raises(EvaluationError, match=rf"cannot read mask {re.escape(str(masks / first))}\.png: .*truncated"):
+        evaluate_masks(dataset, masks_dir=masks, num_clusters=3)
+    (masks / f"{first}.png").write_bytes(b"")
+    (masks / f"{second}.png").write_bytes(b"")
+    with pytest.raises(EvaluationError, match=r"cannot read mask .*: the file is empty \(0 bytes\)"):
+        evaluate_masks(dataset, masks_dir=masks, num_clusters=None)  # K inferred: the masks are read first
+
+
+def test_an_unreadable_split_folder_is_named(tmp_path: Path, monkeypatch) -> None:
+    """``PermissionError`` without a path (root ignores permissions, so the refusal is simulated)."""
+    _folder(tmp_path, [])
+    images, scandir = tmp_path / "train" / "images", os.scandir
+
+    def refuse(path):
+        if Path(path) == images:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refuse)
+    with pytest.raises(DatasetError, match=rf"cannot read {re.escape(str(images))}: Permission denied "
+                                           r"\(check its permissions\)"):
+        ImageFolder(tmp_path, "train", num_classes=NUM_CLASSES)
+
+
+def test_entries_that_are_not_image_files_are_left_out_and_named(tmp_path: Path) -> None:
+    """A symbolic link loop used to refuse the whole dataset; FIFOs were dropped without a word."""
+    written = _folder(tmp_path, [])
+    images = tmp_path / "train" / "images"
+    (images / "loop_a.png").symlink_to("loop_b.png")
+    (images / "loop_b.png").symlink_to("loop_a.png")
+    (images / "gone.jpg").symlink_to("nowhere.jpg")
+    (images / "folder.png").mkdir()
+    os.mkfifo(images / "pipe.png")
+    dataset = ImageFolder(tmp_path, "train", num_classes=NUM_CLASSES)
+    assert [s.stem for s in dataset.samples] == sorted(written)
+    assert {Path(e["file"]).name: e["reason"] for e in dataset.ignored_files} == {
+        "loop_a.png": "a symbolic link loop", "loop_b.png": "a symbolic link loop",
+        "gone.jpg": "a broken symbolic link (its target does not exist)", "folder.png": "a folder",
+        "pipe.png": "a FIFO (named pipe)"}
+
+
+def test_a_full_disk_names_the_file_and_keeps_what_was_there(tmp_path: Path, monkeypatch) -> None:
+    import datus.io
+    from datus.io import WriteError, load_json, write_json
+
+    target = tmp_path / "run" / "summary.json"
+    write_json(target, {"kept": True})
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(datus.io.os, "fsync", full)
+    with pytest.raises(WriteError, match=rf"cannot write {re.escape(str(target))}: No space left on device; "
+                                         r"free space on that disk .* rerun the same command") as info:
+        write_json(target, {"kept": False})
+    assert info.value.errno == errno.ENOSPC and isinstance(info.value, OSError)
+    assert load_json(target) == {"kept": True} and sorted(p.name for p in target.parent.iterdir()) == ["summary.json"]
+
+
+@pytest.fixture
+def _own_environment(monkeypatch):
+    """run_command sets HYDRA_FULL_ERROR for its process: restore the test process's environment."""
+    from datus.cli.errors import _OWNED, DEBUG_VARIABLE
+
+    for name in ("HYDRA_FULL_ERROR", _OWNED, DEBUG_VARIABLE):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_a_user_error_ends_in_one_line_and_a_bug_keeps_its_traceback(tmp_path, capsys, monkeypatch,
+                                                                    _own_environment) -> None:
+    """What every command does on an error: ``error: <message>`` and exit 1; DATUS_DEBUG=1 re-raises."""
+    import datus.io
+    from datus.cli import run_command
+    from datus.io import write_json
+
+    def disk_full():
+        monkeypatch.setattr(datus.io.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+        write_json(tmp_path / "run" / "metrics.json", {})
+
+    def bad_mask():
+        raise MaskError(f"mask {tmp_path / 'a.png'} is 5x7 (width x height) but its image is 96x72")
+
+    for main, expected in [(disk_full, f"error: cannot write {tmp_path / 'run' / 'metrics.json'}: full; free space"),
+                           (bad_mask, f"error: mask {tmp_path / 'a.png'} is 5x7")]:
+        with pytest.raises(SystemExit) as info:
+            run_command(main)
+        assert info.value.code == 1
+        err = capsys.readouterr().err
+        assert err.startswith(expected) and "Traceback" not in err and len(err.splitlines()) == 2, err
+    with pytest.raises(KeyError):  # a bug is not the user's to fix: its traceback stays
+        run_command(lambda: {}["missing"])
+    monkeypatch.setenv("DATUS_DEBUG", "1")
+    with pytest.raises(MaskError):
+        run_command(bad_mask)

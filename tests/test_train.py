@@ -171,6 +171,13 @@ def test_evaluate_a_refined_checkpoint(photos, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_clusters"] == 4 and metrics["coverage"] == 1.0 and metrics["images"] == 2
     assert len(list((out / "pseudo_masks").glob("*.png"))) == 2
+    proc = subprocess.run(  # k= cannot change a checkpoint's K: refused, not ignored
+        [sys.executable, "evaluate.py", "dataset=folder", f"dataset.root={photos / 'data'}", "dataset.split=val",
+         "dataset.num_classes=3", f"ckpt={tmp_path / 'train' / 'checkpoints' / 'last.ckpt'}", "logger=none", "k=5",
+         f"hydra.run.dir={tmp_path / 'eval_k5'}"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 1 and "error: k=5 but ckpt=" in proc.stderr and "predicts K=4" in proc.stderr, proc.stderr
 
 
 def test_a_checkpoint_is_replaced_atomically_or_not_at_all(tmp_path):

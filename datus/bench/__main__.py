@@ -69,4 +69,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from datus.cli.errors import run_command
+
+    run_command(main)

@@ -41,7 +41,8 @@ class SegmentationDataset(Dataset):
     Attributes: ``name`` (config name), ``classes``, ``num_classes``,
     ``ignore_index`` (always 255 in returned masks), ``samples``,
     ``has_masks``, ``root``, ``split``, ``transform``, ``max_pixels``
-    (larger images are refused from their header: :func:`datus.data.read_image`).
+    (larger images are refused from their header: :func:`datus.data.read_image`),
+    ``ignored_files`` (entries named like images that are not files: listed in ``summary.json``).
     """
 
     name: ClassVar[str] = "base"
@@ -62,6 +63,8 @@ class SegmentationDataset(Dataset):
         self.classes = tuple(str(c) for c in classes)
         self.transform = transform
         self.max_pixels = check_max_pixels(max_pixels)
+        #: Entries named like images that are not readable files (loops, FIFOs, ...): ``{"file", "reason"}``.
+        self.ignored_files: list[dict[str, str]] = []
         self.samples: list[Sample] = sorted(self._find_samples(), key=lambda s: s.stem)
         if not self.samples:
             raise DatasetError(

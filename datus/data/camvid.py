@@ -42,8 +42,8 @@ class CamVid(SegmentationDataset):
     def _find_samples(self) -> list[Sample]:
         root = require_dir(self.root, "dataset.root")
         image_dir, mask_dir = root / self.split, root / f"{self.split}annot"
-        images = list_images(image_dir, what=f"CamVid {self.split} images")
-        masks = list_images(mask_dir, what=f"CamVid {self.split} masks")
+        images = list_images(image_dir, what=f"CamVid {self.split} images", ignored=self.ignored_files)
+        masks = list_images(mask_dir, what=f"CamVid {self.split} masks", ignored=self.ignored_files)
         return pair_samples(images, masks, image_dir, mask_dir)
 
     def _decode_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:

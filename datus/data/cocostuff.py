@@ -157,8 +157,8 @@ class CocoStuff27(SegmentationDataset):
         root = require_dir(self.root, "dataset.root")
         image_dir = root / "images" / f"{self.split}2017"
         mask_dir = root / "annotations" / f"{self.split}2017"
-        images = list_images(image_dir, what=f"COCO {self.split}2017 images")
-        masks = list_images(mask_dir, what=f"COCO-Stuff {self.split}2017 stuffthingmaps")
+        images = list_images(image_dir, what=f"COCO {self.split}2017 images", ignored=self.ignored_files)
+        masks = list_images(mask_dir, what=f"COCO-Stuff {self.split}2017 stuffthingmaps", ignored=self.ignored_files)
         if self.image_list is not None:
             wanted = _read_image_list(self.image_list)
             if not wanted:

@@ -76,10 +76,10 @@ class ImageFolder(SegmentationDataset):
     def _find_samples(self) -> list[Sample]:
         split_dir = require_dir(self.root, "dataset.root") / self.split
         image_dir, mask_dir = split_dir / "images", split_dir / "true_masks"
-        images = list_images(image_dir, what=f"{self.split} images")
+        images = list_images(image_dir, what=f"{self.split} images", ignored=self.ignored_files)
         if not mask_dir.exists():
             return [Sample(image=path, mask=None, stem=stem) for stem, path in images.items()]
-        masks = list_images(mask_dir, what=f"{self.split} masks")
+        masks = list_images(mask_dir, what=f"{self.split} masks", ignored=self.ignored_files)
         return pair_samples(images, masks, image_dir, mask_dir)
 
     def _decode_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:

@@ -71,8 +71,8 @@ class SUIM(SegmentationDataset):
     def _find_samples(self) -> list[Sample]:
         split_dir = require_dir(self.root, "dataset.root") / self.split
         image_dir, mask_dir = split_dir / "images", split_dir / "masks"
-        images = list_images(image_dir, what=f"SUIM {self.split} images")
-        masks = list_images(mask_dir, what=f"SUIM {self.split} masks")
+        images = list_images(image_dir, what=f"SUIM {self.split} images", ignored=self.ignored_files)
+        masks = list_images(mask_dir, what=f"SUIM {self.split} masks", ignored=self.ignored_files)
         return pair_samples(images, masks, image_dir, mask_dir)
 
     def _read_raw_mask(self, path: Path) -> np.ndarray:

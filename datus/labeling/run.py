@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from datus.discovery.store import SegmentStore
-from datus.io import atomic_write, scratch_file
+from datus.io import atomic_write, named_write_errors, scratch_file
 from datus.labeling.kmeans import KMeans
 from datus.masks import UNLABELLED, patch_labels, save_masks, upsample_labels
 from datus.shards import ArrayRecord
@@ -72,7 +72,7 @@ def run_labeling(
 
     sizes, images, count, dim = [], 0, 0, None
     with scratch_file(out_dir / "labeling", "valid_features.f16") as spill:
-        with open(spill, "wb") as f:  # pass 1: the valid segments' features, float16, to disk
+        with named_write_errors(spill), open(spill, "wb") as f:  # pass 1: the valid segments' features, float16, to disk
             for record in store:
                 valid = record.decomposition.segment_valid
                 rows = np.ascontiguousarray(features_of(record)[valid], dtype=np.float16)
