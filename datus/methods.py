@@ -73,6 +73,10 @@ class Method(ABC):
         return settings
 
     @abstractmethod
+    def features_read(self) -> dict[str, str]:
+        """The patch features it reads, by the setting that names each (checked before any work)."""
+
+    @abstractmethod
     def compute(self, job: Job) -> dict[str, Any]:
         """Run the backbone passes missing from ``job.work``; returns what to put in the summary."""
 
@@ -91,6 +95,9 @@ class Datus(Method):
 
     def __init__(self, *, decomposer: SceneDecomposer) -> None:
         self.decomposer = decomposer
+
+    def features_read(self) -> dict[str, str]:
+        return {"graph.feature": self.decomposer.feature, "graph.segment_feature": self.decomposer.segment_feature}
 
     def compute(self, job: Job) -> dict[str, Any]:
         summary: dict[str, Any] = {}
@@ -130,6 +137,9 @@ class KMeansPatches(Method):
 
     def cache_key(self, settings: dict[str, Any]) -> dict[str, Any]:
         return {**{k: v for k, v in settings.items() if k != "graph"}, "patch_feature": self.patch_feature}
+
+    def features_read(self) -> dict[str, str]:
+        return {"method.patch_feature": self.patch_feature}
 
     def _store(self, job: Job) -> ArrayStore:
         return ArrayStore(job.work / f"patch_{self.patch_feature}", manifest=job.manifest)

@@ -23,6 +23,8 @@ from datus.io import remove_stale_temporaries, write_json
 from datus.labeling import Labeler
 from datus.methods import STAGES, Job, Method
 from datus.postprocess import DenseCRF
+from datus.projection import Projection
+from datus.refine.features import FeatureCache
 from datus.runs import cache_entry, check_settings, shard_range
 from datus.shards import PredictLoop, dataset_manifest
 
@@ -77,6 +79,7 @@ def run_pipeline(
     protocol: str = "honest",
     overwrite: bool = False,
     postprocess: DenseCRF | None = None,
+    projection: Projection | None = None,
 ) -> dict[str, Any]:
     """Run ``method`` on ``dataset`` into ``out_dir``; returns the summary (with metrics if evaluated).
 
@@ -88,7 +91,9 @@ def run_pipeline(
     (``stage=segments``); ``stage=labels`` then clusters the whole split. Under DDP every rank
     runs the backbone passes and returns ``{}``; rank 0 clusters, writes and evaluates.
     ``postprocess`` (the dense CRF) makes each mask from the per-patch cluster scores and the
-    image instead of one label per patch.
+    image instead of one label per patch. ``projection`` (``head=stego``) first trains a feature
+    head on the split's frozen features (or reuses the cached one): the backbone's outputs then
+    carry its ``codes``.
     """
     if stage not in STAGES:
         raise ValueError(f"stage={stage!r}: choose one of {STAGES}")
@@ -107,6 +112,12 @@ def run_pipeline(
         log.warning("ignored %s: %s, not an image file", entry["file"], entry["reason"])
     _claim_output_dir(out_dir, run_settings if run_settings is not None else settings, overwrite)
     remove_stale_temporaries(out_dir)  # left by a killed run (SIGKILL cannot be caught)
+    if projection is not None:
+        backbone = projection.attach(
+            backbone, dataset, backbone_settings=settings.get("backbone", {"name": backbone.name}),
+            resize=dataset.transform, cache=FeatureCache(cache_dir, out_dir, lambda: make_trainer(),
+                                                         batch_size=batch_size, num_workers=num_workers),
+            cache_dir=cache_dir, fallback=out_dir)
     key = method.cache_key(settings)
     work = cache_entry(cache_dir, method.cache_kind, key) if cache_dir else out_dir
     remove_stale_temporaries(work)

@@ -47,13 +47,18 @@ def cache_settings(container: dict[str, Any]) -> dict[str, Any]:
     settings = {key: container[key] for key in SETTINGS_KEYS}
     if container["backbone"].get("weights") == "random":
         settings["seed"] = container["seed"]
+    if container.get("head") is not None:  # head=none keeps the keys of runs made before heads existed
+        settings["head"] = container["head"]
     return settings
 
 
 def run_settings(container: dict[str, Any]) -> dict[str, Any]:
     """What a run dir remembers of the resolved config that produced its pseudo masks."""
     container = absolute_root(container)
-    return {key: container.get(key) for key in RUN_KEYS}
+    settings = {key: container.get(key) for key in RUN_KEYS}
+    if container.get("head") is not None:
+        settings["head"] = container["head"]
+    return settings
 
 
 def files_fingerprint(files: list[tuple[str, str | Path]]) -> str:

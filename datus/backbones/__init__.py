@@ -6,6 +6,7 @@ from datus.backbones.base import (
     BackboneError,
     BackboneOutput,
 )
+from datus.backbones.projected import ProjectedBackbone, ProjectionHead
 from datus.backbones.registry import (
     WEIGHT_CHOICES,
     BackboneSpec,
@@ -23,6 +24,8 @@ __all__ = [
     "BackboneError",
     "BackboneOutput",
     "BackboneSpec",
+    "ProjectedBackbone",
+    "ProjectionHead",
     "WeightsError",
     "build_backbone",
     "get_backbone_spec",

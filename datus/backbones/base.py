@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 #: Names of the per-patch features a backbone may return (see :class:`BackboneOutput`).
-PATCH_FEATURES = ("keys", "queries", "values", "tokens")
+PATCH_FEATURES = ("keys", "queries", "values", "tokens", "codes")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,12 +38,17 @@ class BackboneOutput:
     attentions: Tensor | None = None
     #: normalised output tokens of earlier blocks, ``(B, h*w, D)`` by block index (see ``blocks=``)
     hidden: dict[int, Tensor] | None = None
+    #: a trained projection head's output (``head=stego``; :class:`datus.backbones.ProjectedBackbone`)
+    codes: Tensor | None = None
 
     def features(self, name: str) -> Tensor:
         """The per-patch feature called ``name`` (one of :data:`PATCH_FEATURES`)."""
         if name not in PATCH_FEATURES:
             raise BackboneError(f"unknown patch feature {name!r}; choose one of {PATCH_FEATURES}")
         value = getattr(self, name)
+        if value is None and name == "codes":
+            raise BackboneError("'codes' are a projection head's output: set head=stego (or pick another "
+                                "graph.feature / graph.segment_feature)")
         if value is None:
             raise BackboneError(
                 f"this backbone has no {name!r} (a CNN has no attention); use 'tokens' instead"

@@ -9,6 +9,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from datus.projection import check_codes
 from datus.runs import cache_settings, run_settings
 
 log = logging.getLogger("datus")
@@ -19,6 +20,10 @@ def pipeline_kwargs(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     fails before the backbone loads or an image is read; returns ``run_pipeline``'s arguments."""
     labeler = instantiate(cfg.labeling, k=cfg.k)
     method = instantiate(cfg.method)
+    projection = instantiate(cfg.head) if cfg.get("head") is not None else None
+    check_codes(method.features_read(), projection, OmegaConf.select(cfg, "graph.affinity.debias"))
+    if projection is not None:
+        projection.check(OmegaConf.select(cfg, "backbone.name"))
     resize = instantiate(cfg.resize)
     dataset = instantiate(cfg.dataset, transform=resize)
     backbone = instantiate(cfg.backbone)
@@ -33,4 +38,5 @@ def pipeline_kwargs(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         batch_size=cfg.batch_size, num_workers=cfg.num_workers, shard_size=cfg.shard_size,
         num_pictures=cfg.num_pictures, overwrite=cfg.overwrite,
         postprocess=instantiate(cfg.postprocess) if cfg.get("postprocess") else None,
+        projection=projection,
     )

@@ -1,0 +1,210 @@
+"""The feature-head stage (config group ``head``): train a projection head once per settings, then reuse it.
+
+No label and no ground truth is ever read: the head learns from the frozen features of the split
+alone (STEGO's correlation distillation). It is kept in ``<cache_dir>/projection/<hash>/head.pt``
+(hash of backbone, resize, the split's files and the head settings) with its ``config.json``,
+trained under a lock with checkpoints every ``checkpoint_every`` steps (a killed training resumes
+to the same weights), and reused by every later run with those settings.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from datus.backbones import Backbone
+from datus.backbones.projected import ProjectedBackbone, ProjectionHead
+from datus.io import atomic_write, remove_stale_temporaries, write_json
+from datus.projection.data import PairedPatches, nearest_images, split_mean
+from datus.projection.loss import CorrelationLoss
+from datus.projection.module import ProjectionModule
+from datus.refine.features import FeatureCache, FeatureSpec, dataset_identity
+
+log = logging.getLogger(__name__)
+
+__all__ = ["HeadFileError", "Projection", "check_codes", "load_head", "save_head"]
+
+#: Version of ``head.pt``'s layout.
+HEAD_FORMAT = 1
+
+
+class HeadFileError(ValueError):
+    """A head file cannot be used: unreadable, or made for another backbone or feature width."""
+
+
+def save_head(path: str | Path, head: ProjectionHead, meta: dict[str, Any]) -> Path:
+    """``head.pt``: the state dict and what it was trained on (tensors and plain values: no pickled objects)."""
+    payload = {"format": HEAD_FORMAT, "state_dict": head.state_dict(),
+               "meta": {**meta, "in_dim": head.in_dim, "out_dim": head.out_dim,
+                        "hidden_dim": head.mlp[0].out_features}}
+    return atomic_write(Path(path), lambda f: torch.save(payload, f))
+
+
+def load_head(path: str | Path, *, backbone: str | None = None, in_dim: int | None = None,
+              setting: str = "head.checkpoint") -> tuple[ProjectionHead, dict[str, Any]]:
+    """A saved head and its meta, checked against the ``backbone`` name and input width it must serve."""
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        meta = payload["meta"]
+        head = ProjectionHead(in_dim=int(meta["in_dim"]), out_dim=int(meta["out_dim"]),
+                              hidden_dim=int(meta["hidden_dim"]))
+        head.load_state_dict(payload["state_dict"])
+    except FileNotFoundError:
+        raise HeadFileError(f"{setting}={path}: no such file") from None
+    except Exception as err:  # noqa: BLE001 - any unreadable file is named the same way
+        raise HeadFileError(f"{setting}={path}: not a projection head file ({type(err).__name__}: {err})") from err
+    if backbone is not None and meta.get("backbone") != backbone:
+        raise HeadFileError(f"{setting}={path} was trained on {meta.get('backbone')} features, not {backbone}'s: "
+                            "train a head for this backbone (drop head.checkpoint)")
+    if in_dim is not None and head.in_dim != in_dim:
+        raise HeadFileError(f"{setting}={path} reads {head.in_dim}-channel features, but {meta.get('features')} of "
+                            f"this backbone have {in_dim}: check head.features")
+    return head, meta
+
+
+class Projection:
+    """Settings of the feature head and how to train it; :meth:`attach` returns the backbone with ``codes``.
+
+    ``features`` are the backbone outputs the head reads (concatenated); ``dim`` the codes' width;
+    ``knn`` neighbour images per image (cosine of mean features); ``samples`` patches per side
+    drawn from each image per step; ``steps`` optimiser steps of ``batch_size`` images; ``loss``
+    the correlation loss's shifts and weights. ``checkpoint`` uses a head file trained elsewhere
+    instead of training (it must match the backbone and features).
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "stego",
+        features: Sequence[str] = ("keys",),
+        dim: int = 64,
+        hidden_dim: int | None = None,
+        loss: CorrelationLoss | dict | None = None,
+        knn: int = 5,
+        samples: int = 11,
+        batch_size: int = 16,
+        steps: int = 1500,
+        lr: float = 5e-4,
+        seed: int = 0,
+        checkpoint_every: int = 100,
+        accelerator: str = "cpu",
+        checkpoint: str | None = None,
+    ) -> None:
+        self.name, self.features = str(name), FeatureSpec(names=tuple(features))
+        self.dim, self.hidden_dim = int(dim), None if hidden_dim is None else int(hidden_dim)
+        self.loss = loss if isinstance(loss, CorrelationLoss) else CorrelationLoss(**(loss or {}))
+        self.knn, self.samples, self.batch_size = int(knn), int(samples), int(batch_size)
+        self.steps, self.lr, self.seed = int(steps), float(lr), int(seed)
+        self.checkpoint_every, self.accelerator = int(checkpoint_every), str(accelerator)
+        self.checkpoint = checkpoint
+        for setting, value, least in (("head.dim", self.dim, 1), ("head.knn", self.knn, 1),
+                                      ("head.samples", self.samples, 2), ("head.batch_size", self.batch_size, 2),
+                                      ("head.steps", self.steps, 1), ("head.checkpoint_every", self.checkpoint_every, 1)):
+            if value < least:
+                raise ValueError(f"{setting}={value} must be >= {least}")
+        if self.lr <= 0:
+            raise ValueError(f"head.lr={self.lr} must be > 0")
+
+    def settings(self) -> dict[str, Any]:
+        """What changes the trained head (the cache key's head part)."""
+        return {"name": self.name, "features": list(self.features.names), "dim": self.dim,
+                "hidden_dim": self.hidden_dim, "loss": asdict(self.loss), "knn": self.knn, "samples": self.samples,
+                "batch_size": self.batch_size, "steps": self.steps, "lr": self.lr, "seed": self.seed}
+
+    def check(self, backbone_name: str | None) -> None:
+        """Fail before the backbone is built when ``head.checkpoint`` is missing, unreadable or made for
+        another backbone (cheap: reads the small file; its input width is checked by :meth:`attach`)."""
+        if self.checkpoint is not None:
+            load_head(self.checkpoint, backbone=backbone_name)
+
+    def attach(self, backbone: Backbone, dataset, *, backbone_settings: dict, resize, cache: FeatureCache,
+               cache_dir: str | Path | None, fallback: str | Path) -> ProjectedBackbone:
+        """``backbone`` with the head trained on ``dataset``'s frozen features (or loaded from the cache)."""
+        from datus.runs import cache_entry, job_lock, settings_key
+
+        in_dim = self.features.dim(backbone)
+        if self.checkpoint is not None:
+            head, _ = load_head(self.checkpoint, backbone=backbone.name, in_dim=in_dim)
+            return ProjectedBackbone(backbone, head, features=self.features.names)
+        settings = {"backbone": backbone_settings, "resize": repr(resize), "dataset": dataset_identity(dataset),
+                    "head": self.settings()}
+        if cache_dir is not None:
+            folder = cache_entry(cache_dir, "projection", settings)
+        else:
+            folder = Path(fallback) / "projection" / settings_key(settings)
+            folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "head.pt"
+        if not path.is_file():
+            with job_lock(folder / ".lock", f"the projection head in {folder}"):
+                if not path.is_file():
+                    remove_stale_temporaries(folder)
+                    write_json(folder / "config.json", settings)
+                    head = self._train(backbone, dataset, folder, in_dim=in_dim, backbone_settings=backbone_settings,
+                                       resize=resize, cache=cache)
+                    save_head(path, head, {"backbone": backbone.name, "features": list(self.features.names),
+                                           "settings": self.settings()})
+        else:
+            log.info("projection head reused: %s", path)
+        head, _ = load_head(path, backbone=backbone.name, in_dim=in_dim, setting="the cached head")
+        return ProjectedBackbone(backbone, head, features=self.features.names)
+
+    def _train(self, backbone: Backbone, dataset, folder: Path, *, in_dim: int, backbone_settings: dict, resize,
+               cache: FeatureCache) -> ProjectionHead:
+        from pytorch_lightning.callbacks import ModelCheckpoint
+        from pytorch_lightning.loggers import CSVLogger
+        from torch.utils.data import DataLoader
+
+        from datus.refine.callbacks import RandomStateCheckpoint
+        from datus.refine.checkpoint_io import AtomicCheckpointIO
+
+        index = cache.index(dataset, backbone=lambda: backbone, backbone_settings=backbone_settings, resize=resize,
+                            spec=self.features)
+        indices = sorted(index.entries)
+        center, pooled = split_mean(index, indices)
+        neighbours = nearest_images(pooled, center, self.knn)
+        pl.seed_everything(self.seed, workers=True, verbose=False)
+        head = ProjectionHead(in_dim=in_dim, out_dim=self.dim, hidden_dim=self.hidden_dim)
+        head.center.copy_(center)
+        module = ProjectionModule(head, self.loss, lr=self.lr)
+        loader = DataLoader(PairedPatches(index, indices, neighbours, self.samples),
+                            batch_size=min(self.batch_size, len(indices)), shuffle=True, drop_last=True)
+        last = folder / "checkpoints" / "last.ckpt"
+        trainer = pl.Trainer(
+            max_steps=self.steps, max_epochs=-1, accelerator=self.accelerator, devices=1, deterministic=True,
+            logger=CSVLogger(folder, name="log", version=""), enable_model_summary=False, log_every_n_steps=10,
+            callbacks=[ModelCheckpoint(dirpath=folder / "checkpoints", save_last=True, save_top_k=0,
+                                       every_n_train_steps=self.checkpoint_every),
+                       RandomStateCheckpoint()],
+            plugins=[AtomicCheckpointIO()],
+        )
+        log.info("training the projection head: %d images, %d steps of %d (%s)", len(indices), self.steps,
+                 loader.batch_size, folder)
+        trainer.fit(module, loader, ckpt_path=str(last) if last.is_file() else None)
+        return copy.deepcopy(module.head).cpu().eval()
+
+
+def check_codes(features_read: dict[str, str], projection: Projection | None, debias: str | None = None) -> None:
+    """Refuse, before any work, a method reading ``codes`` without a head, or a head whose codes nothing reads.
+
+    ``features_read`` maps each setting to the patch feature it names (``Method.features_read``);
+    ``debias``: the graph's ``affinity.debias``, since the key bias means nothing for codes.
+    """
+    readers = [setting for setting, feature in features_read.items() if feature == "codes"]
+    if projection is None and readers:
+        raise ValueError(f"{'=codes, '.join(readers)}=codes reads a feature head's codes: set head=stego "
+                         "(or another feature)")
+    if projection is not None and not readers:
+        raise ValueError(f"head={projection.name} trains a feature head but {', '.join(features_read)} read "
+                         f"{', '.join(sorted(set(features_read.values())))}: set {next(iter(features_read))}=codes "
+                         "(or head=none)")
+    if readers and debias == "remove_key_bias" and features_read.get("graph.feature") == "codes":
+        raise ValueError("graph.affinity.debias=remove_key_bias removes the backbone's key bias, which codes do "
+                         "not have: use graph.affinity.debias=center or none with graph.feature=codes")
