@@ -101,6 +101,30 @@ def feature_figure(
     return fig
 
 
+def head_figure(image: np.ndarray, pca_raw: np.ndarray, pca_codes: np.ndarray,
+                masks: list[tuple[str, np.ndarray]] = (), title: str = "", raw_name: str = "keys"):
+    """What a feature head changed on one image: photo | PCA of the raw features | PCA of the codes |
+    the pseudo masks given (e.g. of a run without and one with the head), in cluster colours."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    size = image.shape[:2]
+    panels = [(image, title or "image"), (upsample_nearest(pca_raw, size), f"{raw_name} (PCA)"),
+              (upsample_nearest(pca_codes, size), "head codes (PCA)")]
+    for name, mask in masks:
+        panels.append((palette(int(mask[mask != UNLABELLED].max(initial=0)) + 1)[mask], name))
+    aspect = size[0] / size[1]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.2 * aspect + 0.5))
+    for ax, (picture, name) in zip(np.atleast_1d(axes), panels):
+        ax.imshow(picture)
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
 def map_clusters(pred: np.ndarray, result: dict[str, Any], class_names: list[str]) -> np.ndarray:
     """Replace cluster ids by their Hungarian-matched class ids (unmatched/unlabelled -> 255)."""
     lut = np.full(256, UNLABELLED, dtype=np.uint8)

@@ -216,3 +216,26 @@ def test_a_head_setting_that_does_not_fit_fails_before_any_work(tmp_path, monkey
 def test_a_split_of_one_image_cannot_pair_neighbours():
     with pytest.raises(ValueError, match="needs at least 2 images"):
         nearest_images(torch.randn(1, 4), torch.zeros(4), k=5)
+
+
+def test_the_head_picture_shows_raw_and_head_features_and_both_masks(tmp_path):
+    """``python -m datus.viz head``: one picture per image, the masks of two runs beside the two PCAs."""
+    from PIL import Image
+
+    from datus import viz
+    from datus.masks import save_mask
+
+    dataset = DemoImages()
+    stems = [s.stem for s in dataset.samples][:2]
+    for run in ("without", "with"):
+        for i, stem in enumerate(stems):
+            height, width = dataset.load(i)["image"].shape[-2:]
+            save_mask(tmp_path / run / "pseudo_masks" / f"{stem}.png",
+                      (torch.arange(height * width).reshape(height, width) % 3).numpy())
+    viz.main(["head", "--images", "2", "--out", str(tmp_path / "viz"), "--masks", str(tmp_path / "without" /
+              "pseudo_masks"), "--masks", str(tmp_path / "with" / "pseudo_masks"), "backbone=tiny_vit", "resize.size=64",
+              "head=stego", "head.steps=5", "head.batch_size=3", "head.knn=2", f"cache_dir={tmp_path / 'cache'}"])
+    pictures = sorted((tmp_path / "viz" / "head").glob("*.png"))
+    assert [p.stem for p in pictures] == sorted(stems)
+    with Image.open(pictures[0]) as picture:
+        assert picture.width > 4 * picture.height  # image | two PCAs | two masks side by side
