@@ -138,6 +138,8 @@ def run_pipeline(
         log.info("pseudo masks vs ground truth:\n%s", format_table(result))
         summary["metrics"] = {k: result[k] for k in ("miou", "pixel_accuracy", "mean_f1", "coverage")}
     summary["ignored_files"] = ignored
+    if projection is not None:
+        summary["feature_head"] = projection.report
     summary["method"] = method.name
     summary["stage"] = stage
     if cache_dir:

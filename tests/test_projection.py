@@ -160,7 +160,10 @@ def test_discover_runs_on_the_codes_and_the_run_remembers_the_head(tmp_path, cac
         GlobalHydra.instance().clear()
     assert len(list((out / "pseudo_masks").glob("*.png"))) == len(DemoImages())
     assert json.loads((out / "run.json").read_text())["head"]["steps"] == 10
-    assert list((tmp_path / "cache" / "projection").glob("*/head.pt"))
+    heads = list((tmp_path / "cache" / "projection").glob("*/head.pt"))
+    report = json.loads((out / "summary.json").read_text())["feature_head"]
+    assert len(heads) == 1 and report["path"] == str(heads[0]) and report["trained_this_run"]
+    assert report["training_seconds"] > 0
 
 
 @pytest.mark.parametrize("backbone", list_backbones())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -105,6 +106,7 @@ class Projection:
         self.steps, self.lr, self.seed = int(steps), float(lr), int(seed)
         self.checkpoint_every, self.accelerator = int(checkpoint_every), str(accelerator)
         self.checkpoint = checkpoint
+        self.report: dict[str, Any] = {}
         for setting, value, least in (("head.dim", self.dim, 1), ("head.knn", self.knn, 1),
                                       ("head.samples", self.samples, 2), ("head.batch_size", self.batch_size, 2),
                                       ("head.steps", self.steps, 1), ("head.checkpoint_every", self.checkpoint_every, 1)):
@@ -133,6 +135,7 @@ class Projection:
         in_dim = self.features.dim(backbone)
         if self.checkpoint is not None:
             head, _ = load_head(self.checkpoint, backbone=backbone.name, in_dim=in_dim)
+            self.report = {"name": self.name, "path": str(self.checkpoint), "trained_this_run": False}
             return ProjectedBackbone(backbone, head, features=self.features.names)
         settings = {"backbone": backbone_settings, "resize": repr(resize), "dataset": dataset_identity(dataset),
                     "head": self.settings()}
@@ -142,18 +145,24 @@ class Projection:
             folder = Path(fallback) / "projection" / settings_key(settings)
             folder.mkdir(parents=True, exist_ok=True)
         path = folder / "head.pt"
+        trained = False
         if not path.is_file():
             with job_lock(folder / ".lock", f"the projection head in {folder}"):
                 if not path.is_file():
                     remove_stale_temporaries(folder)
                     write_json(folder / "config.json", settings)
+                    start = time.monotonic()
                     head = self._train(backbone, dataset, folder, in_dim=in_dim, backbone_settings=backbone_settings,
                                        resize=resize, cache=cache)
                     save_head(path, head, {"backbone": backbone.name, "features": list(self.features.names),
-                                           "settings": self.settings()})
-        else:
+                                           "settings": self.settings(), "seconds": time.monotonic() - start})
+                    trained = True
+        if not trained:
             log.info("projection head reused: %s", path)
-        head, _ = load_head(path, backbone=backbone.name, in_dim=in_dim, setting="the cached head")
+        head, meta = load_head(path, backbone=backbone.name, in_dim=in_dim, setting="the cached head")
+        #: what the run's summary says of the head (its file, whether this run trained it, how long that took)
+        self.report = {"name": self.name, "path": str(path), "trained_this_run": trained,
+                       "training_seconds": meta.get("seconds")}
         return ProjectedBackbone(backbone, head, features=self.features.names)
 
     def _train(self, backbone: Backbone, dataset, folder: Path, *, in_dim: int, backbone_settings: dict, resize,
