@@ -70,11 +70,15 @@ def _losses(backbone, steps: int, size: int, folder) -> list[float]:
     losses = []
     for _ in range(steps):
         batch = torch.utils.data.default_collate([data[j] for j in range(len(data))])
-        loss = module.loss(batch["feats"], head(batch["feats"]), batch["feats_knn"], head(batch["feats_knn"]))["loss"]
+        loss = module.training_step(batch, 0)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
+    with torch.no_grad():  # the codes of one image's patches must not collapse onto one direction
+        codes = torch.nn.functional.normalize(head(torch.from_numpy(index[indices[0]].astype("float32")).flatten(1).T),
+                                              dim=1)
+    assert (codes @ codes.T).mean() < 0.8, "the codes collapsed: every patch has the same code"
     return losses
 
 

@@ -12,7 +12,12 @@ __all__ = ["ProjectionModule"]
 
 
 class ProjectionModule(pl.LightningModule):
-    """The head and its optimiser (Adam, constant ``lr``, as STEGO); logs each loss term per step."""
+    """The head and its optimiser (Adam, constant ``lr``, as STEGO); logs each loss term per step.
+
+    The loss compares the codes' correlations with those of the *centred* features (the head's
+    ``center`` subtracted): raw DINOv2 keys share a bias that makes every pair correlate, and
+    distilling that would collapse all codes onto one direction.
+    """
 
     def __init__(self, head: ProjectionHead, loss: CorrelationLoss, lr: float = 5e-4) -> None:
         super().__init__()
@@ -22,7 +27,8 @@ class ProjectionModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         feats, feats_knn = batch["feats"], batch["feats_knn"]
-        terms = self.loss(feats, self.head(feats), feats_knn, self.head(feats_knn))
+        center = self.head.center  # correlations of centred features: raw DINOv2 keys all correlate (key bias)
+        terms = self.loss(feats - center, self.head(feats), feats_knn - center, self.head(feats_knn))
         self.log_dict({f"head/{name}": value for name, value in terms.items()}, prog_bar=False,
                       batch_size=feats.shape[0])
         self.log("loss", terms["loss"], prog_bar=True, logger=False, batch_size=feats.shape[0])

@@ -34,6 +34,9 @@ __all__ = ["HeadFileError", "Projection", "check_codes", "load_head", "save_head
 
 #: Version of ``head.pt``'s layout.
 HEAD_FORMAT = 1
+#: Version of the training itself, part of the cache key: a fix to how heads are trained must not
+#: reuse heads trained before it (2: the loss correlates centred features).
+TRAINING_VERSION = 2
 
 
 class HeadFileError(ValueError):
@@ -117,7 +120,7 @@ class Projection:
 
     def settings(self) -> dict[str, Any]:
         """What changes the trained head (the cache key's head part)."""
-        return {"name": self.name, "features": list(self.features.names), "dim": self.dim,
+        return {"name": self.name, "training_version": TRAINING_VERSION, "features": list(self.features.names), "dim": self.dim,
                 "hidden_dim": self.hidden_dim, "loss": asdict(self.loss), "knn": self.knn, "samples": self.samples,
                 "batch_size": self.batch_size, "steps": self.steps, "lr": self.lr, "seed": self.seed}
 
