@@ -118,6 +118,8 @@ def run_pipeline(
             resize=dataset.transform, cache=FeatureCache(cache_dir, out_dir, lambda: make_trainer(),
                                                          batch_size=batch_size, num_workers=num_workers),
             cache_dir=cache_dir, fallback=out_dir)
+        # the codes are the head's: segments and features cached from another head must not be reused
+        settings = {**settings, "head_file": projection.report["digest"]}
     key = method.cache_key(settings)
     work = cache_entry(cache_dir, method.cache_kind, key) if cache_dir else out_dir
     remove_stale_temporaries(work)

@@ -153,11 +153,12 @@ def test_discover_runs_on_the_codes_and_the_run_remembers_the_head(tmp_path, cac
     from tests.test_bad_input import _load_entry_point
 
     out = tmp_path / "run"
-    cfg = compose_config("discover", [
+    overrides = [
         "backbone=tiny_vit", "dataset=demo", "resize.size=64", "logger=none", "trainer.enable_progress_bar=false",
         "head=stego", "head.steps=10", "head.batch_size=3", "head.knn=2", "k=3", f"paths.cache_dir={cache_dir}",
         f"cache_dir={tmp_path / 'cache'}",
-    ], out)
+    ]
+    cfg = compose_config("discover", overrides, out)
     try:
         _load_entry_point("discover").main(cfg)
     finally:
@@ -168,6 +169,19 @@ def test_discover_runs_on_the_codes_and_the_run_remembers_the_head(tmp_path, cac
     report = json.loads((out / "summary.json").read_text())["feature_head"]
     assert len(heads) == 1 and report["path"] == str(heads[0]) and report["trained_this_run"]
     assert report["training_seconds"] > 0
+    assert len(list((tmp_path / "cache" / "discovery").iterdir())) == 1
+
+    # a head file that changed under the same settings (e.g. retrained after a fix) never reuses the segments
+    # that the old head's codes made
+    head, meta = load_head(heads[0])
+    torch.nn.init.normal_(head.linear.weight)
+    save_head(heads[0], head, meta)
+    try:
+        _load_entry_point("discover").main(compose_config("discover", overrides, out))
+    finally:
+        GlobalHydra.instance().clear()
+    assert len(list((tmp_path / "cache" / "discovery").iterdir())) == 2
+    assert not json.loads((out / "summary.json").read_text())["feature_head"]["trained_this_run"]
 
 
 @pytest.mark.parametrize("backbone", list_backbones())

@@ -39,6 +39,13 @@ HEAD_FORMAT = 1
 TRAINING_VERSION = 2
 
 
+def file_digest(path: str | Path) -> str:
+    """sha256 of a head file: what the discovery cache keys the codes by (another head, other segments)."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
 class HeadFileError(ValueError):
     """A head file cannot be used: unreadable, or made for another backbone or feature width."""
 
@@ -138,7 +145,8 @@ class Projection:
         in_dim = self.features.dim(backbone)
         if self.checkpoint is not None:
             head, _ = load_head(self.checkpoint, backbone=backbone.name, in_dim=in_dim)
-            self.report = {"name": self.name, "path": str(self.checkpoint), "trained_this_run": False}
+            self.report = {"name": self.name, "path": str(self.checkpoint), "digest": file_digest(self.checkpoint),
+                           "trained_this_run": False}
             return ProjectedBackbone(backbone, head, features=self.features.names)
         settings = {"backbone": backbone_settings, "resize": repr(resize), "dataset": dataset_identity(dataset),
                     "head": self.settings()}
@@ -164,7 +172,7 @@ class Projection:
             log.info("projection head reused: %s", path)
         head, meta = load_head(path, backbone=backbone.name, in_dim=in_dim, setting="the cached head")
         #: what the run's summary says of the head (its file, whether this run trained it, how long that took)
-        self.report = {"name": self.name, "path": str(path), "trained_this_run": trained,
+        self.report = {"name": self.name, "path": str(path), "digest": file_digest(path), "trained_this_run": trained,
                        "training_seconds": meta.get("seconds")}
         return ProjectedBackbone(backbone, head, features=self.features.names)
 
