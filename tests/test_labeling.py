@@ -169,6 +169,42 @@ def test_kmeans_uses_every_point_and_refuses_bad_k():
         KMeans(5).fit(x[:3])
 
 
+def _directions(rng, spec):
+    """Points scattered around unit directions: ``spec`` is [(direction, count)]; returns points, class ids."""
+    points, ids = [], []
+    for i, (direction, count) in enumerate(spec):
+        d = np.asarray(direction, dtype=np.float64) / np.linalg.norm(direction)
+        points.append(d + rng.normal(0, 0.05, size=(count, 3)))
+        ids += [i] * count
+    return np.concatenate(points).astype(np.float32), np.array(ids)
+
+
+def test_overclustering_then_merging_keeps_a_small_class_that_kmeans_merges_away(tmp_path):
+    """A big class with two modes (road in sun and shade), another big class and a small one far from both:
+    k-means at K=3 splits the big class and gives the small one no cluster; 6 clusters merged into 3 by
+    average linkage find the three classes."""
+    rng = np.random.default_rng(0)
+    x, truth = _directions(rng, [((1, 0.35, 0), 4000), ((1, -0.35, 0), 4000), ((0, 0, 1), 8000),
+                                 ((-1, 0, 0.2), 300)])
+    truth = np.where(truth == 1, 0, truth)  # the two modes are one class
+    truth = np.where(truth > 1, truth - 1, truth)
+
+    def pure(labels):  # every class has its own label and no label spans two classes
+        return all(len(set(labels[truth == c])) == 1 for c in range(3)) and len(set(labels)) == 3
+
+    plain = KMeans(3, seed=0, spherical=True).fit(x)
+    assert not pure(plain.predict(x))
+    merged = KMeans(3, seed=0, spherical=True, overcluster=2).fit(x)
+    labels = merged.predict(x)
+    assert pure(labels)
+    assert merged.centroids.shape == (3, 3) and merged.fine_centroids.shape == (6, 3)
+    assert np.array_equal(merged.scores(x).argmax(1), labels)
+    merged.save(tmp_path / "c.npz")
+    assert np.array_equal(KMeans.load(tmp_path / "c.npz").predict(x), labels)
+    with pytest.raises(ValueError, match="overcluster=0.5 must be a number >= 1"):
+        KMeans(3, overcluster=0.5)
+
+
 def test_kmeans_with_pca_and_whitening_round_trips(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(500, 16)).astype(np.float32)

@@ -31,6 +31,13 @@ class KMeans:
     best objective (faiss has no k-means++). ``spherical`` renormalises centroids (cosine
     k-means on L2-normalised features). Fitted centroids label new features with
     :meth:`predict`, so new images need no re-clustering.
+
+    ``overcluster`` > 1 first finds ``round(overcluster * k)`` clusters, then merges their
+    centroids into ``k`` groups by average-linkage agglomerative clustering (cosine when
+    spherical): k-means alone splits the big classes (road, sky) into several clusters and
+    leaves the small ones none; merging fine clusters keeps more of the small ones apart. A
+    feature's score for a group is its best score over the group's fine centroids;
+    ``centroids`` are then the groups' normalised mean centroids.
     """
 
     def __init__(
@@ -44,6 +51,7 @@ class KMeans:
         pca_dim: int | None = None,
         whiten: bool = False,
         max_points_per_centroid: int | None = None,
+        overcluster: float = 1.0,
         gpu: bool | str = "auto",
     ) -> None:
         k = _whole("k", k, 2, "(the number of clusters)")
@@ -58,7 +66,14 @@ class KMeans:
         self.spherical, self.pca_dim, self.whiten = bool(spherical), pca_dim, bool(whiten)
         self.center = bool(center)
         self.max_points_per_centroid = max_points_per_centroid
+        if isinstance(overcluster, bool) or not isinstance(overcluster, numbers.Real) or overcluster < 1:
+            raise ValueError(f"labeling.kmeans.overcluster={overcluster!r} must be a number >= 1 "
+                             "(1: no over-clustering; 2: 2K clusters merged into K)")
+        self.overcluster = float(overcluster)
         self.gpu = gpu
+        #: over-clustering: the fine centroids and the group (0..k-1) of each
+        self.fine_centroids: np.ndarray | None = None
+        self.groups: np.ndarray | None = None
         self.centroids: np.ndarray | None = None
         self.mean: np.ndarray | None = None
         self.projection: np.ndarray | None = None
@@ -100,21 +115,45 @@ class KMeans:
         import faiss
 
         x = np.asarray(features, dtype=np.float32)
-        if x.ndim != 2 or len(x) < self.k:
-            raise ValueError(f"k-means with k={self.k} needs at least {self.k} points, got {len(x)}")
+        fine = max(self.k, round(self.overcluster * self.k))
+        if x.ndim != 2 or len(x) < fine:
+            raise ValueError(f"k-means with k={self.k} ({fine} clusters before merging) needs at least {fine} points, "
+                             f"got {len(x)}")
         self._fit_pca(x)
         x = self.transform(x)
-        per_centroid = self.max_points_per_centroid or math.ceil(len(x) / self.k) + 1
+        per_centroid = self.max_points_per_centroid or math.ceil(len(x) / fine) + 1
         km = faiss.Kmeans(
-            x.shape[1], self.k, niter=self.niter, nredo=self.nredo, seed=self.seed,
+            x.shape[1], fine, niter=self.niter, nredo=self.nredo, seed=self.seed,
             spherical=self.spherical, max_points_per_centroid=per_centroid,
             gpu=self._use_gpu(), verbose=False,
         )
         km.train(x, weights=None if weights is None else np.ascontiguousarray(weights, dtype=np.float32))
-        self.centroids = np.asarray(km.centroids, dtype=np.float32)
+        centroids = np.asarray(km.centroids, dtype=np.float32)
         self.objective = float(km.obj[-1]) if len(km.obj) else None
-        self.points_used = min(len(x), per_centroid * self.k)
+        self.points_used = min(len(x), per_centroid * fine)
+        if fine == self.k:
+            self.centroids, self.fine_centroids, self.groups = centroids, None, None
+        else:
+            self._merge(centroids)
         return self
+
+    def _merge(self, fine: np.ndarray) -> None:
+        """Group ``fine`` centroids into ``k`` by average linkage; the groups' mean centroids become ``centroids``."""
+        from scipy.cluster.hierarchy import fcluster, linkage
+
+        tree = linkage(fine.astype(np.float64), method="average", metric="cosine" if self.spherical else "euclidean")
+        groups = fcluster(tree, self.k, criterion="maxclust") - 1
+        if len(np.unique(groups)) != self.k:  # ties can leave fewer groups: split the largest until k
+            groups = np.unique(groups, return_inverse=True)[1]
+            while groups.max() + 1 < self.k:
+                largest = np.bincount(groups).argmax()
+                members = np.flatnonzero(groups == largest)
+                groups[members[len(members) // 2:]] = groups.max() + 1
+        means = np.stack([fine[groups == g].mean(axis=0) for g in range(self.k)])
+        if self.spherical:
+            means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+        self.fine_centroids, self.groups = fine, groups.astype(np.int64)
+        self.centroids = means.astype(np.float32)
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         """``(n, k)`` closeness of each feature to each centroid: cosine similarity if spherical, else
@@ -122,9 +161,17 @@ class KMeans:
         if self.centroids is None:
             raise RuntimeError("KMeans.predict before fit/load")
         x = self.transform(features)
+        centroids = self.centroids if self.fine_centroids is None else self.fine_centroids
         if self.spherical:
-            return x @ self.centroids.T
-        return -((x**2).sum(1, keepdims=True) - 2 * x @ self.centroids.T + (self.centroids**2).sum(1))
+            scores = x @ centroids.T
+        else:
+            scores = -((x**2).sum(1, keepdims=True) - 2 * x @ centroids.T + (centroids**2).sum(1))
+        if self.fine_centroids is None:
+            return scores
+        grouped = np.full((len(x), self.k), -np.inf, dtype=scores.dtype)
+        for g in range(self.k):
+            grouped[:, g] = scores[:, self.groups == g].max(axis=1)
+        return grouped
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Nearest centroid of each feature, ``(n,)`` int64 (inner product if spherical)."""
@@ -137,6 +184,8 @@ class KMeans:
             arrays["mean"] = self.mean
         if self.projection is not None:
             arrays["projection"] = self.projection
+        if self.fine_centroids is not None:
+            arrays["fine_centroids"], arrays["groups"] = self.fine_centroids, self.groups
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         return atomic_write(path, lambda f: f.write(buffer.getvalue()))
@@ -150,4 +199,6 @@ class KMeans:
                 km.mean = z["mean"]
             if "projection" in z.files:
                 km.projection = z["projection"]
+            if "fine_centroids" in z.files:
+                km.fine_centroids, km.groups = z["fine_centroids"], z["groups"]
         return km
