@@ -115,10 +115,10 @@ class KMeans:
         import faiss
 
         x = np.asarray(features, dtype=np.float32)
-        fine = max(self.k, round(self.overcluster * self.k))
-        if x.ndim != 2 or len(x) < fine:
-            raise ValueError(f"k-means with k={self.k} ({fine} clusters before merging) needs at least {fine} points, "
-                             f"got {len(x)}")
+        if x.ndim != 2 or len(x) < self.k:
+            raise ValueError(f"k-means with k={self.k} needs at least {self.k} points, got {len(x)}")
+        # over-clustering asks for more clusters than a small split may have points: as many as there are
+        fine = max(self.k, min(round(self.overcluster * self.k), len(x)))
         self._fit_pca(x)
         x = self.transform(x)
         per_centroid = self.max_points_per_centroid or math.ceil(len(x) / fine) + 1
