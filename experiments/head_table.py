@@ -4,8 +4,9 @@ Runs the README's ``discover.py`` commands as subprocesses and collects their nu
 
     python experiments/head_table.py --root $C --out experiments/bench/head_camvid.json
 
-For each split and configuration (``--configs``: name=overrides, ``;``-separated; default: our
-defaults and ``head=stego``) and each k-means seed (``labeling.kmeans.seed``; the backbone pass,
+For each split and configuration (``--configs``: name=overrides, ``;``-separated; default: the
+previous defaults (plain k-means), our defaults (3K clusters merged into K), the feature head alone
+and the head with our defaults) and each k-means seed (``labeling.kmeans.seed``; the backbone pass,
 the head and the segments come from the cache after the first seed), the honest mIoU, pixel
 accuracy and per-class IoU, the run's wall minutes and peak RSS, and the head's training minutes.
 """
@@ -20,7 +21,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIGS = "defaults=;head=head=stego"
+DEFAULT_CONFIGS = ("previous=labeling.kmeans.overcluster=1;defaults=;"
+                   "head=head=stego labeling.kmeans.overcluster=1;head_and_defaults=head=stego")
 
 
 def run(command: list[str], log: Path) -> tuple[float, float]:
@@ -42,6 +44,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2", help="k-means seeds (labeling.kmeans.seed)")
     parser.add_argument("--configs", default=DEFAULT_CONFIGS, help="name=space-separated overrides, ';'-separated")
     parser.add_argument("--work", type=Path, default=Path("out/head_table"))
+    parser.add_argument("--cache-dir", default=None, help="discover.py's cache_dir (default: paths.cache_dir)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     rows = json.loads(args.out.read_text()) if args.out.is_file() else []
@@ -56,6 +59,8 @@ def main() -> None:
                 command = ["python", "discover.py", "dataset=camvid", f"dataset.root={args.root}",
                            f"dataset.split={split}", "k=11", f"labeling.kmeans.seed={seed}", "logger=none",
                            "trainer.enable_progress_bar=false", f"hydra.run.dir={out}", *overrides.split()]
+                if args.cache_dir:
+                    command.append(f"cache_dir={args.cache_dir}")
                 minutes, rss = run(command, args.work / f"{split}_{name}_s{seed}.log")
                 metrics = json.loads((out / "metrics.json").read_text())
                 summary = json.loads((out / "summary.json").read_text())
