@@ -260,3 +260,13 @@ def test_the_head_picture_shows_raw_and_head_features_and_both_masks(tmp_path):
     assert [p.stem for p in pictures] == sorted(stems)
     with Image.open(pictures[0]) as picture:
         assert picture.width > 4 * picture.height  # image | two PCAs | two masks side by side
+
+
+def test_a_head_can_read_earlier_blocks_too(tmp_path):
+    """``head.blocks``: the keys and an earlier block's tokens, concatenated (STEGO and CAUSE use several depths)."""
+    backbone = _tiny()
+    projected = _attach(Projection(dim=8, steps=6, batch_size=3, knn=2, blocks=[-2]), tmp_path, backbone=backbone)
+    assert projected.head.in_dim == 2 * backbone.embed_dim
+    images = _demo()[0]["image"][None]
+    out = projected(projected.normalize(images))
+    assert out.codes.shape == (1, out.grid[0] * out.grid[1], 8) and out.hidden is not None

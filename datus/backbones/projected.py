@@ -45,14 +45,17 @@ class ProjectionHead(nn.Module):
 class ProjectedBackbone(Backbone):
     """``backbone`` whose :class:`BackboneOutput` also holds ``codes = head(features)``.
 
-    ``features`` names the backbone outputs the head reads, concatenated (``("keys",)`` by default).
+    ``features`` names the backbone outputs the head reads (``("keys",)`` by default), ``blocks`` adds the
+    output tokens of earlier blocks (negative: from the end), all concatenated in that order.
     Everything else (name, patch size, normalisation, key bias) is the wrapped backbone's.
     """
 
-    def __init__(self, backbone: Backbone, head: ProjectionHead, *, features: Sequence[str] = ("keys",)) -> None:
+    def __init__(self, backbone: Backbone, head: ProjectionHead, *, features: Sequence[str] = ("keys",),
+                 blocks: Sequence[int] = ()) -> None:
         super().__init__()
         self.backbone, self.head = backbone, head.eval()
         self.input_features = tuple(features)
+        self.input_blocks = backbone.block_indices(tuple(blocks))
         for name in ("name", "patch_size", "embed_dim", "num_heads", "mean", "std", "depth"):
             setattr(self, name, getattr(backbone, name))
         for p in self.head.parameters():
@@ -62,7 +65,9 @@ class ProjectedBackbone(Backbone):
         return self.backbone.key_bias()
 
     def extract(self, images: Tensor, blocks: tuple[int, ...] = ()) -> BackboneOutput:
-        out = self.backbone.extract(images, blocks)
-        x = torch.cat([out.features(name) for name in self.input_features], dim=-1)
+        out = self.backbone.extract(images, tuple(sorted(set(self.backbone.block_indices(blocks)) |
+                                                         set(self.input_blocks))))
+        parts = [out.features(name) for name in self.input_features] + [out.hidden[i] for i in self.input_blocks]
+        x = torch.cat(parts, dim=-1)
         out.codes = self.head(x.float())
         return out

@@ -84,7 +84,8 @@ def load_head(path: str | Path, *, backbone: str | None = None, in_dim: int | No
 class Projection:
     """Settings of the feature head and how to train it; :meth:`attach` returns the backbone with ``codes``.
 
-    ``features`` are the backbone outputs the head reads (concatenated); ``dim`` the codes' width;
+    ``features`` are the backbone outputs the head reads and ``blocks`` earlier blocks' output tokens
+    (all concatenated, as STEGO and CAUSE concatenate depths); ``dim`` the codes' width;
     ``knn`` neighbour images per image (cosine of mean features); ``samples`` patches per side
     drawn from each image per step; ``steps`` optimiser steps of ``batch_size`` images; ``loss``
     the correlation loss's shifts and weights. ``checkpoint`` uses a head file trained elsewhere
@@ -96,6 +97,7 @@ class Projection:
         *,
         name: str = "stego",
         features: Sequence[str] = ("keys",),
+        blocks: Sequence[int] = (),
         dim: int = 64,
         hidden_dim: int | None = None,
         loss: CorrelationLoss | dict | None = None,
@@ -109,7 +111,7 @@ class Projection:
         accelerator: str = "cpu",
         checkpoint: str | None = None,
     ) -> None:
-        self.name, self.features = str(name), FeatureSpec(names=tuple(features))
+        self.name, self.features = str(name), FeatureSpec(names=tuple(features), blocks=tuple(blocks))
         self.dim, self.hidden_dim = int(dim), None if hidden_dim is None else int(hidden_dim)
         self.loss = loss if isinstance(loss, CorrelationLoss) else CorrelationLoss(**(loss or {}))
         self.knn, self.samples, self.batch_size = int(knn), int(samples), int(batch_size)
@@ -127,7 +129,8 @@ class Projection:
 
     def settings(self) -> dict[str, Any]:
         """What changes the trained head (the cache key's head part)."""
-        return {"name": self.name, "training_version": TRAINING_VERSION, "features": list(self.features.names), "dim": self.dim,
+        return {"name": self.name, "training_version": TRAINING_VERSION, "features": list(self.features.names),
+                **({"blocks": list(self.features.blocks)} if self.features.blocks else {}), "dim": self.dim,
                 "hidden_dim": self.hidden_dim, "loss": asdict(self.loss), "knn": self.knn, "samples": self.samples,
                 "batch_size": self.batch_size, "steps": self.steps, "lr": self.lr, "seed": self.seed}
 
@@ -147,7 +150,7 @@ class Projection:
             head, _ = load_head(self.checkpoint, backbone=backbone.name, in_dim=in_dim)
             self.report = {"name": self.name, "path": str(self.checkpoint), "digest": file_digest(self.checkpoint),
                            "trained_this_run": False}
-            return ProjectedBackbone(backbone, head, features=self.features.names)
+            return ProjectedBackbone(backbone, head, features=self.features.names, blocks=self.features.blocks)
         settings = {"backbone": backbone_settings, "resize": repr(resize), "dataset": dataset_identity(dataset),
                     "head": self.settings()}
         if cache_dir is not None:
@@ -174,7 +177,7 @@ class Projection:
         #: what the run's summary says of the head (its file, whether this run trained it, how long that took)
         self.report = {"name": self.name, "path": str(path), "digest": file_digest(path), "trained_this_run": trained,
                        "training_seconds": meta.get("seconds")}
-        return ProjectedBackbone(backbone, head, features=self.features.names)
+        return ProjectedBackbone(backbone, head, features=self.features.names, blocks=self.features.blocks)
 
     def _train(self, backbone: Backbone, dataset, folder: Path, *, in_dim: int, backbone_settings: dict, resize,
                cache: FeatureCache) -> ProjectionHead:
