@@ -115,9 +115,8 @@ def run_pipeline(
     if projection is not None:
         backbone = projection.attach(
             backbone, dataset, backbone_settings=settings.get("backbone", {"name": backbone.name}),
-            resize=dataset.transform, cache=FeatureCache(cache_dir, out_dir, lambda: make_trainer(),
-                                                         batch_size=batch_size, num_workers=num_workers),
-            cache_dir=cache_dir, fallback=out_dir)
+            resize=dataset.transform, cache=FeatureCache(cache_dir, out_dir, make_trainer, batch_size=batch_size,
+                                                         num_workers=num_workers))
         # the codes are the head's: segments and features cached from another head must not be reused
         settings = {**settings, "head_file": projection.report["digest"]}
     key = method.cache_key(settings)

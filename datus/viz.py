@@ -74,8 +74,7 @@ def _with_head(cfg, backbone, dataset, out):
     projection = instantiate(cfg.head)
     settings = OmegaConf.to_container(cfg.backbone, resolve=True)  # as the pipeline's cache key has it
     cache = FeatureCache(cfg.cache_dir, out, lambda: instantiate(cfg.trainer, logger=False, default_root_dir=str(out)))
-    return projection.attach(backbone, dataset, backbone_settings=settings, resize=dataset.transform, cache=cache,
-                             cache_dir=cfg.cache_dir, fallback=out)
+    return projection.attach(backbone, dataset, backbone_settings=settings, resize=dataset.transform, cache=cache)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def _tiny():
 def _attach(projection: Projection, root, backbone=None, dataset=None) -> ProjectedBackbone:
     dataset = dataset or _demo()
     return projection.attach(backbone or _tiny(), dataset, backbone_settings=SETTINGS, resize=dataset.transform,
-                             cache=FeatureCache(root, root, _trainer), cache_dir=root, fallback=root)
+                             cache=FeatureCache(root, root, _trainer))
 
 
 def _losses(backbone, steps: int, size: int, folder) -> list[float]:

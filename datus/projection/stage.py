@@ -140,10 +140,11 @@ class Projection:
         if self.checkpoint is not None:
             load_head(self.checkpoint, backbone=backbone_name)
 
-    def attach(self, backbone: Backbone, dataset, *, backbone_settings: dict, resize, cache: FeatureCache,
-               cache_dir: str | Path | None, fallback: str | Path) -> ProjectedBackbone:
-        """``backbone`` with the head trained on ``dataset``'s frozen features (or loaded from the cache)."""
-        from datus.runs import cache_entry, job_lock, settings_key
+    def attach(self, backbone: Backbone, dataset, *, backbone_settings: dict, resize,
+               cache: FeatureCache) -> ProjectedBackbone:
+        """``backbone`` with the head trained on ``dataset``'s frozen features (or loaded from the cache);
+        the head is kept beside the feature maps, in ``cache``'s ``projection/<hash>`` folder."""
+        from datus.runs import job_lock
 
         in_dim = self.features.dim(backbone)
         if self.checkpoint is not None:
@@ -153,11 +154,7 @@ class Projection:
             return ProjectedBackbone(backbone, head, features=self.features.names, blocks=self.features.blocks)
         settings = {"backbone": backbone_settings, "resize": repr(resize), "dataset": dataset_identity(dataset),
                     "head": self.settings()}
-        if cache_dir is not None:
-            folder = cache_entry(cache_dir, "projection", settings)
-        else:
-            folder = Path(fallback) / "projection" / settings_key(settings)
-            folder.mkdir(parents=True, exist_ok=True)
+        folder = cache.folder(settings, kind="projection")
         path = folder / "head.pt"
         trained = False
         if not path.is_file():

@@ -179,14 +179,15 @@ class FeatureCache:
         self.make_trainer = make_trainer
         self.batch_size, self.num_workers, self.shard_size = int(batch_size), int(num_workers), int(shard_size)
 
-    def folder(self, settings: dict) -> Path:
+    def folder(self, settings: dict, kind: str = "features") -> Path:
+        """``<root>/<kind>/<hash of settings>`` (or under ``fallback`` without a root), created."""
         from datus.runs import cache_entry, settings_key
 
         if self.root is None:
-            folder = self.fallback / "features" / settings_key(settings)
+            folder = self.fallback / kind / settings_key(settings)
             folder.mkdir(parents=True, exist_ok=True)
             return folder
-        return cache_entry(self.root, "features", settings)
+        return cache_entry(self.root, kind, settings)
 
     def index(self, dataset, *, backbone: Callable[[], Backbone], backbone_settings: dict, resize,
               spec: FeatureSpec) -> FeatureIndex:
