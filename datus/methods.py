@@ -19,13 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from datus.backbones import Backbone
 from datus.discovery import SceneDecomposer, SegmentStore, run_discovery
 from datus.io import atomic_write, load_json
 from datus.labeling import Labeler, PatchTokens
 from datus.labeling.run import ScoresToMask
+from datus.masks import save_masks
 from datus.runs import job_lock
 from datus.shards import ArrayStore, Manifest, PredictLoop
+from datus.wnet import WNetTraining
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +43,7 @@ class Job:
     """What one pipeline job hands a method: the backbone, the predict loop over the split, where
     the backbone passes live (``work``: the cache entry or the run dir), and which part to run."""
 
-    backbone: Backbone
+    backbone: Backbone | None
     loop: PredictLoop
     work: Path
     out_dir: Path
@@ -54,6 +59,7 @@ class Job:
     #: the split's files now (:func:`datus.shards.dataset_manifest`): stores match records by it
     manifest: Manifest | None = None
 
+
     def segments(self) -> SegmentStore:
         return SegmentStore(self.work / "segments", manifest=self.manifest)
 
@@ -63,10 +69,20 @@ class Method(ABC):
 
     #: the name in summaries and reports (the ``conf/method`` file's)
     name: str
-    #: the cache's kind of entry (``<cache_dir>/<kind>/<hash>``)
-    cache_kind: str
+    #: the cache's kind of entry (``<cache_dir>/<kind>/<hash>``); None: nothing to cache by settings
+    cache_kind: str | None
     #: whether ``stage=segments|labels`` and ``shard.count`` split this method's work
     staged: bool = False
+    #: whether it reads a backbone's features (W-Net reads pixels only: no backbone is built)
+    uses_backbone: bool = True
+
+    def check(self, *, k: int) -> None:
+        """Refuse bad settings before anything is built or read (e.g. a trained file made for another K)."""
+
+    def prepare(self, dataset, *, cache_root: Path, k: int) -> dict[str, Any]:
+        """Train what the method learns from the split before its passes (e.g. a W-Net), or load it from
+        ``cache_root``; returns what to put in the summary. Called before :meth:`cache_key`."""
+        return {}
 
     def cache_key(self, settings: dict[str, Any]) -> dict[str, Any]:
         """The settings its backbone passes depend on (backbone, dataset, resize, graph, ...)."""
@@ -84,6 +100,11 @@ class Method(ABC):
     def label(self, job: Job, scores_to_mask: ScoresToMask | None) -> dict[str, Any]:
         """Cluster and write ``job.out_dir/pseudo_masks``; returns the labelling summary."""
 
+    def scores_to_mask(self, labeler: Labeler, crf, dataset) -> ScoresToMask | None:
+        """How ``postprocess`` (the dense CRF, or None) turns this method's per-pixel or per-patch scores
+        into a mask: by default the labeler's cluster scores (cosine to the centroids) as logits."""
+        return labeler.scores_to_mask(crf, dataset)
+
 
 class Datus(Method):
     """DatUS²: scene decomposition (affinity graph, Louvain, connected regions), then k-means
@@ -95,6 +116,15 @@ class Datus(Method):
 
     def __init__(self, *, decomposer: SceneDecomposer) -> None:
         self.decomposer = decomposer
+
+    def check(self, *, k: int) -> None:
+        self.decomposer.check(k=k)
+
+    def prepare(self, dataset, *, cache_root: Path, k: int) -> dict[str, Any]:
+        return self.decomposer.prepare(dataset, cache_root=cache_root, k=k)
+
+    def cache_key(self, settings: dict[str, Any]) -> dict[str, Any]:
+        return {**settings, **self.decomposer.cache_key()}
 
     def features_read(self) -> dict[str, str]:
         return {"graph.feature": self.decomposer.feature, "graph.segment_feature": self.decomposer.segment_feature}
@@ -154,6 +184,65 @@ class KMeansPatches(Method):
         summary = job.labeler.label_patches(self._store(job).read(), job.out_dir, scores_to_mask)
         summary["patch_feature"] = self.patch_feature
         return summary
+
+
+class WNetMethod(Method):
+    """W-Net (Xia & Kulis 2017): a W-Net trained without labels on the split (or ``wnet.train_split``);
+    each pixel's argmax over its K memberships is the mask. Reads pixels only: no backbone."""
+
+    name = "wnet"
+    cache_kind = None
+    uses_backbone = False
+
+    def __init__(self, *, wnet: WNetTraining) -> None:
+        self.wnet = wnet
+        self._model = None
+        self._cache_root: Path | None = None
+
+    def features_read(self) -> dict[str, str]:
+        return {}
+
+    def check(self, *, k: int) -> None:
+        self.wnet.check(k)
+
+    def prepare(self, dataset, *, cache_root: Path, k: int) -> dict[str, Any]:
+        self._model, self._cache_root = self.wnet.prepare(dataset, cache_root=cache_root, k=k), Path(cache_root)
+        return {"wnet": self.wnet.summary()}
+
+    def compute(self, job: Job) -> dict[str, Any]:
+        return {}
+
+    def scores_to_mask(self, labeler: Labeler, crf, dataset) -> ScoresToMask | None:
+        """The CRF on the log-memberships (the paper's post-processing), with each original image."""
+        if crf is None:
+            return None
+
+        def to_mask(index: int, probs: np.ndarray) -> np.ndarray:
+            image = dataset.load(index)["image"].permute(1, 2, 0).numpy()
+            return crf(image, torch.from_numpy(np.log(np.clip(probs, 1e-8, 1.0))))
+
+        return to_mask
+
+    def label(self, job: Job, scores_to_mask: ScoresToMask | None) -> dict[str, Any]:
+        from datus.wnet import memberships_to_mask, segment_bank
+
+        if self._model is None:
+            raise RuntimeError("WNetMethod.label before prepare")
+        bank = self.wnet.bank(job.loop.dataset, self._cache_root)
+
+        def masks():
+            for position, probs in segment_bank(self._model, bank, device=self.wnet.device):
+                index, size = bank.indices[position], bank.sizes[position]
+                mask = memberships_to_mask(probs, size) if scores_to_mask is None else scores_to_mask(index, probs)
+                yield bank.stems[position], mask, size
+
+        written = save_masks(job.out_dir, masks(), job.labeler.k)
+        self.wnet.copy_pictures(job.out_dir / "pictures")
+        for entry in bank.skipped:
+            log.warning("skipped %s: %s", entry["stem"], entry["error"])
+        return {"method": self.name, "k": job.labeler.k, "images": len(bank), "skipped": bank.skipped,
+                "postprocessed": scores_to_mask is not None, "coverage": written["coverage"],
+                "cluster_pixels": written["cluster_pixels"]}
 
 
 def _check_complete(segments: SegmentStore, dataset) -> None:

@@ -62,7 +62,7 @@ def run_pipeline(
     method: Method,
     *,
     labeler: Labeler,
-    backbone: Backbone,
+    backbone: Backbone | None,
     dataset: SegmentationDataset,
     make_trainer: Callable[[], pl.Trainer],
     out_dir: str | Path,
@@ -93,7 +93,9 @@ def run_pipeline(
     ``postprocess`` (the dense CRF) makes each mask from the per-patch cluster scores and the
     image instead of one label per patch. ``projection`` (``head=stego``) first trains a feature
     head on the split's frozen features (or reuses the cached one): the backbone's outputs then
-    carry its ``codes``.
+    carry its ``codes``. ``backbone`` is None for a method that reads pixels only (``method=wnet``);
+    :meth:`Method.prepare` first trains what the method learns from the split (a W-Net), kept in
+    ``cache_dir`` (or ``out_dir``) and reused.
     """
     if stage not in STAGES:
         raise ValueError(f"stage={stage!r}: choose one of {STAGES}")
@@ -119,11 +121,13 @@ def run_pipeline(
                                                          num_workers=num_workers))
         # the codes are the head's: segments and features cached from another head must not be reused
         settings = {**settings, "head_file": projection.report["digest"]}
+    cache_root = Path(cache_dir).expanduser() if cache_dir else out_dir
+    prepared = method.prepare(dataset, cache_root=cache_root, k=labeler.k)
     key = method.cache_key(settings)
-    work = cache_entry(cache_dir, method.cache_kind, key) if cache_dir else out_dir
+    work = cache_entry(cache_dir, method.cache_kind, key) if cache_dir and method.cache_kind else out_dir
     remove_stale_temporaries(work)
-    loop = PredictLoop(dataset, make_trainer, min_size=backbone.patch_size, batch_size=batch_size,
-                       num_workers=num_workers, shard_size=shard_size)
+    loop = PredictLoop(dataset, make_trainer, min_size=backbone.patch_size if backbone is not None else 1,
+                       batch_size=batch_size, num_workers=num_workers, shard_size=shard_size)
     job = Job(backbone=backbone, loop=loop, work=work, out_dir=out_dir, labeler=labeler, stage=stage,
               indices=indices, settings=key, num_pictures=num_pictures, overwrite=overwrite, rank=global_rank(),
               shard=(shard_index, shard_count), manifest=dataset_manifest(dataset))
@@ -131,7 +135,7 @@ def run_pipeline(
     if global_rank() != 0:
         return {}
     if stage != "segments":
-        summary["labeling"] = method.label(job, labeler.scores_to_mask(postprocess, dataset))
+        summary["labeling"] = method.label(job, method.scores_to_mask(labeler, postprocess, dataset))
     if evaluate and stage != "segments" and dataset.has_masks:
         result, samples = evaluate_masks(dataset, masks_dir=out_dir / "pseudo_masks", num_clusters=labeler.k,
                                          protocol=protocol, allow_missing=True)
@@ -141,9 +145,10 @@ def run_pipeline(
     summary["ignored_files"] = ignored
     if projection is not None:
         summary["feature_head"] = projection.report
+    summary.update(prepared)
     summary["method"] = method.name
     summary["stage"] = stage
-    if cache_dir:
+    if cache_dir and method.cache_kind:
         summary["cache_entry"] = str(work)
     write_json(out_dir / "summary.json", summary)
     return summary

@@ -21,13 +21,14 @@ def pipeline_kwargs(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     labeler = instantiate(cfg.labeling, k=cfg.k)
     method = instantiate(cfg.method)
     projection = instantiate(cfg.head) if cfg.get("head") is not None else None
+    method.check(k=labeler.k)
     check_codes(method.features_read(), projection, OmegaConf.select(cfg, "graph.affinity.debias"))
     if projection is not None:
         projection.check(OmegaConf.select(cfg, "backbone.name"))
     resize = instantiate(cfg.resize)
     dataset = instantiate(cfg.dataset, transform=resize)
-    backbone = instantiate(cfg.backbone)
-    log.info("%s, %s on %r -> %s", method.name, backbone.name, dataset, out_dir)
+    backbone = instantiate(cfg.backbone) if method.uses_backbone else None  # W-Net reads pixels only
+    log.info("%s, %s on %r -> %s", method.name, backbone.name if backbone else "no backbone", dataset, out_dir)
     container = OmegaConf.to_container(cfg, resolve=True)
     return dict(
         method=method, labeler=labeler, backbone=backbone, dataset=dataset, out_dir=Path(out_dir),

@@ -63,6 +63,10 @@ class SegmentationDataset(Dataset):
         self.classes = tuple(str(c) for c in classes)
         self.transform = transform
         self.max_pixels = check_max_pixels(max_pixels)
+        self._load_samples()
+
+    def _load_samples(self) -> None:
+        """Find and check this split's samples (the constructor's work, and :meth:`with_split`'s)."""
         #: Entries named like images that are not readable files (loops, FIFOs, ...): ``{"file", "reason"}``.
         self.ignored_files: list[dict[str, str]] = []
         self.samples: list[Sample] = sorted(self._find_samples(), key=lambda s: s.stem)
@@ -158,6 +162,16 @@ class SegmentationDataset(Dataset):
                 f"(fix or remove them, with their images):\n  {shown}{more}"
             )
         return self
+
+    def with_split(self, split: str) -> SegmentationDataset:
+        """The same dataset (root, classes, transform) on another split, e.g. to train on ``train``
+        and apply to ``val``; raises :class:`DatasetError` if that split has no images."""
+        import copy
+
+        other = copy.copy(self)
+        other.split = str(split)
+        other._load_samples()
+        return other
 
     def load(self, index: int) -> dict[str, Any]:
         """Read item ``index`` without applying ``transform``."""

@@ -76,6 +76,21 @@ class SceneDecomposer:
         self.min_patches, self.connectivity = int(min_patches), int(connectivity)
         self.segment_feature = segment_feature
 
+    #: whether :meth:`__call__` needs the image itself (a decomposer that segments pixels, e.g. W-Net's)
+    needs_image: bool = False
+
+    def check(self, *, k: int) -> None:
+        """Refuse bad settings before any work (nothing to check here)."""
+
+    def prepare(self, dataset, *, cache_root, k: int) -> dict:
+        """Learn what the decomposition needs from the split before it runs (nothing here; W-Net's
+        trains its network); returns what to put in the run's summary."""
+        return {}
+
+    def cache_key(self) -> dict:
+        """What the segments depend on beyond the ``graph`` settings (after :meth:`prepare`), e.g. a trained file."""
+        return {}
+
     @property
     def needs_key_bias(self) -> bool:
         """Whether the graph needs the backbone's key bias (``affinity.debias=remove_key_bias``)."""
@@ -91,12 +106,22 @@ class SceneDecomposer:
         grid: tuple[int, int],
         segment_features: Tensor | None = None,
         key_bias: Tensor | None = None,
+        image: Tensor | None = None,
     ) -> Decomposition:
-        """Decompose one image given its ``(N, D)`` graph features on an ``(h, w)`` grid."""
+        """Decompose one image given its ``(N, D)`` graph features on an ``(h, w)`` grid (``image``, its
+        ``(3, H, W)`` uint8 pixels, is read only by decomposers with :attr:`needs_image`)."""
         t0 = time.perf_counter()
         graph = self.graph(features, key_bias)
         t1 = time.perf_counter()
         communities = self.louvain(graph).reshape(grid)
+        t2 = time.perf_counter()
+        return self.regions(communities, features, segment_features,
+                            {"affinity_ms": 1e3 * (t1 - t0), "louvain_ms": 1e3 * (t2 - t1)})
+
+    def regions(self, communities: np.ndarray, features: Tensor, segment_features: Tensor | None,
+                timings: dict[str, float]) -> Decomposition:
+        """DatUS² step 3 on an ``(h, w)`` map of communities: connected regions, the valid ones, their
+        sizes and mean features."""
         t2 = time.perf_counter()
         segments, owners = connected_regions(communities, self.connectivity)
         valid = valid_regions(segments, self.min_patches)
@@ -110,6 +135,5 @@ class SceneDecomposer:
             segment_valid=valid,
             segment_sizes=sizes,
             segment_features=means,
-            timings={"affinity_ms": 1e3 * (t1 - t0), "louvain_ms": 1e3 * (t2 - t1),
-                     "segments_ms": 1e3 * (t3 - t2)},
+            timings={**timings, "segments_ms": 1e3 * (t3 - t2)},
         )

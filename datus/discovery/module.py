@@ -37,7 +37,8 @@ class DiscoveryModule(pl.LightningModule):
         key_bias = self.backbone.key_bias() if self.decomposer.needs_key_bias else None
         results = []
         for i, item in enumerate(items):
-            dec = self.decomposer(graph[i], out.grid, segment[i], key_bias)
+            image = item["image"] if self.decomposer.needs_image else None
+            dec = self.decomposer(graph[i], out.grid, segment[i], key_bias, image=image)
             dec.timings["backbone_ms"] = backbone_ms
             results.append((item, dec, out.grid))
         return results

@@ -22,7 +22,7 @@ from datus.discovery.decompose import Decomposition
 from datus.shards import ShardLookup, ShardStore
 
 #: Per-image timings kept in each shard (milliseconds), in this column order.
-TIMING_KEYS = ("backbone_ms", "affinity_ms", "louvain_ms", "segments_ms")
+TIMING_KEYS = ("backbone_ms", "affinity_ms", "louvain_ms", "segments_ms", "wnet_ms")
 _PER_PATCH = ("communities", "segments")
 _PER_SEGMENT = ("segment_valid", "segment_community", "segment_sizes", "segment_features")
 

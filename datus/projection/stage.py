@@ -221,6 +221,9 @@ def check_codes(features_read: dict[str, str], projection: Projection | None, de
     if projection is None and readers:
         raise ValueError(f"{'=codes, '.join(readers)}=codes reads a feature head's codes: set head=stego "
                          "(or another feature)")
+    if projection is not None and not features_read:
+        raise ValueError(f"head={projection.name} trains a feature head on backbone features, which this method "
+                         "does not read: use head=none")
     if projection is not None and not readers:
         raise ValueError(f"head={projection.name} trains a feature head but {', '.join(features_read)} read "
                          f"{', '.join(sorted(set(features_read.values())))}: set {next(iter(features_read))}=codes "
