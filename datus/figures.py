@@ -184,3 +184,36 @@ def samples_figure(samples: list[dict[str, np.ndarray]], result: dict[str, Any],
             ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def attention_mask_figure(image: np.ndarray, attentions: np.ndarray, masks: np.ndarray,
+                          things: np.ndarray | None = None, title: str = "", mass: float = 0.6):
+    """DINO's figure for one image: each head's CLS attention (top row) and the mask keeping ``mass``
+    of it over the photo (bottom row); the first column is the photo and, if given, the things."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    heads, size = attentions.shape[0], image.shape[:2]
+    aspect = size[0] / size[1]
+    fig, axes = plt.subplots(2, heads + 1, figsize=(2.6 * (heads + 1), 2 * (2.6 * aspect + 0.35)), squeeze=False)
+    axes[0, 0].imshow(image)
+    axes[0, 0].set_title(title or "image", fontsize=8)
+    shown = image.copy()
+    if things is not None:
+        shown[~things] = (shown[~things] * 0.25).astype(np.uint8)
+    axes[1, 0].imshow(shown)
+    axes[1, 0].set_title("things (ground truth)" if things is not None else "image", fontsize=8)
+    for h in range(heads):
+        axes[0, h + 1].imshow(upsample_nearest(attentions[h], size), cmap="inferno")
+        axes[0, h + 1].set_title(f"head {h}", fontsize=8)
+        keep = upsample_nearest(masks[h].astype(np.uint8), size).astype(bool)
+        overlay = image.copy()
+        overlay[~keep] = (overlay[~keep] * 0.25).astype(np.uint8)
+        axes[1, h + 1].imshow(overlay)
+        axes[1, h + 1].set_title(f"head {h}: {mass:.0%} of the attention", fontsize=8)
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.tight_layout()
+    return fig

@@ -49,6 +49,9 @@ class SegmentationDataset(Dataset):
     ignore_index: int = 255
     #: The settings to check when a mask's values fall outside the classes (named in the error).
     label_settings: ClassVar[str] = ""
+    #: The "thing" classes (countable objects, vs "stuff"): the foreground of a foreground/background
+    #: evaluation (:mod:`datus.attention`); empty where the dataset does not say.
+    things: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,

