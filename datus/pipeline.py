@@ -147,6 +147,7 @@ def run_pipeline(
         summary["feature_head"] = projection.report
     summary.update(prepared)
     summary["method"] = method.name
+    summary["backbone"] = backbone.name if backbone is not None else None  # None: the method reads pixels
     summary["stage"] = stage
     if cache_dir and method.cache_kind:
         summary["cache_entry"] = str(work)

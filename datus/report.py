@@ -32,6 +32,16 @@ def _method_name(run: Path, config: dict) -> str:
     return method if isinstance(method, str) else "datus"
 
 
+def _backbone_name(run: Path, config: dict) -> str:
+    """The backbone the run read (its summary's; ``none`` for a method on pixels, e.g. W-Net)."""
+    summary = run / "summary.json"
+    if summary.is_file():
+        data = json.loads(summary.read_text())
+        if "backbone" in data:
+            return data["backbone"] or "none"
+    return _setting(config, "backbone", "name") or "?"
+
+
 def _setting(config: dict, *path: str) -> Any:
     node: Any = config
     for key in path:
@@ -53,7 +63,7 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
         rows.append({
             "run": str(run.relative_to(root)) or ".",
             "method": _method_name(run, config),
-            "backbone": _setting(config, "backbone", "name") or "?",
+            "backbone": _backbone_name(run, config),
             "k": _setting(config, "k") or _setting(config, "labeling", "k") or metrics.get("num_clusters"),
             "miou": 100 * metrics["miou"],
             "pixel_accuracy": 100 * metrics["pixel_accuracy"],

@@ -3,7 +3,8 @@
 ``python -m datus.viz attention [--images N] [--out DIR] [overrides of conf/discover.yaml]``
 saves the last block's CLS attention per head (as in the DINO paper's figures);
 ``python -m datus.viz features ...`` a PCA-to-RGB picture of the patch features.
-Both help to judge a backbone before running a sweep. ``python -m datus.viz head --masks RAW
+Both help to judge a backbone before running a sweep (``python -m datus.attention`` turns the
+attention maps into DINO's masks and scores them against a dataset's thing classes). ``python -m datus.viz head --masks RAW
 --masks HEAD head=stego ...`` shows what a feature head changed: the PCA of the raw features beside the PCA of
 the head's codes, and the pseudo masks of a run without and one with the head (``pseudo_masks/``
 folders), for the first images; the head comes from the cache (trained first if missing).

@@ -131,11 +131,11 @@ def test_a_killed_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
     assert len(resumed_training.report["history"]) == 4
 
 
-def _folder_dataset(root: Path) -> list[tuple[str, tuple[int, int]]]:
+def _folder_dataset(root: Path, split: str = "val") -> list[tuple[str, tuple[int, int]]]:
     """Real photos of different sizes, one grayscale and one smaller than the U-Nets' stride, with masks."""
     photos = DemoImages()
-    images = root / "val" / "images"
-    masks = root / "val" / "true_masks"
+    images = root / split / "images"
+    masks = root / split / "true_masks"
     images.mkdir(parents=True)
     masks.mkdir(parents=True)
     made = []
@@ -181,6 +181,23 @@ def test_method_wnet_writes_masks_of_each_image_size_with_labels_below_k(tmp_pat
                                    "wnet.input_size=[32,48]", "wnet.epochs=2", "wnet.batch_size=2",
                                    f"cache_dir={tmp_path / 'cache'}"])
     assert not json.loads((tmp_path / "again" / "summary.json").read_text())["wnet"]["trained_this_run"]
+
+
+@pytest.mark.slow
+def test_a_wnet_trained_on_one_split_segments_another(tmp_path):
+    made = _folder_dataset(tmp_path / "data", "val")
+    _folder_dataset(tmp_path / "data", "train")
+    (tmp_path / "data" / "train" / "images" / "img3.png").unlink()  # a train split of 3 images
+    (tmp_path / "data" / "train" / "true_masks" / "img3.png").unlink()
+    out = tmp_path / "run"
+    _discover(out, ["method=wnet", "dataset=folder", f"dataset.root={tmp_path / 'data'}", "dataset.split=val",
+                    "dataset.num_classes=2", "k=3", "wnet.train_split=train", "wnet.widths=[8,16]",
+                    "wnet.input_size=[32,48]", "wnet.epochs=1", "wnet.batch_size=2", f"cache_dir={tmp_path / 'c'}"])
+    wnet = json.loads((out / "summary.json").read_text())["wnet"]
+    assert wnet["train_split"] == "train" and wnet["training_images"] == 3
+    assert sorted(p.stem for p in (out / "pseudo_masks").glob("*.png")) == [stem for stem, _ in made]
+    config = json.loads((Path(wnet["path"]).parent / "config.json").read_text())
+    assert config["dataset"]["split"] == "train"
 
 
 @pytest.mark.slow

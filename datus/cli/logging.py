@@ -18,13 +18,20 @@ def evaluation_metrics(result: dict[str, Any], prefix: str = "") -> dict[str, fl
 
 
 def summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
-    """What a discover.py run found (segments per image, coverage, k-means objective), as logger keys."""
+    """What a discover.py run found (segments per image, coverage, k-means objective, a W-Net's training
+    minutes and final losses), as logger keys."""
     out: dict[str, float] = {}
     for key, value in summary.get("per_image", {}).items():
         out[f"discovery/{key}_per_image"] = value
     for key in ("coverage", "coverage_without_fill", "kmeans_objective", "segments_clustered", "patches_clustered"):
         if isinstance(summary.get("labeling", {}).get(key), (int, float)):
             out[f"labeling/{key}"] = summary["labeling"][key]
+    wnet = summary.get("wnet") or {}
+    if isinstance(wnet.get("training_minutes"), (int, float)):
+        out["wnet/training_minutes"] = wnet["training_minutes"]
+    for key, value in (wnet.get("final_losses") or {}).items():
+        if key != "epoch":
+            out[f"wnet/final_{key}"] = value
     return out
 
 
