@@ -188,14 +188,18 @@ class KMeansPatches(Method):
 
 class WNetMethod(Method):
     """W-Net (Xia & Kulis 2017): a W-Net trained without labels on the split (or ``wnet.train_split``);
-    each pixel's argmax over its K memberships is the mask. Reads pixels only: no backbone."""
+    each pixel's argmax over its K memberships is the mask (through the dense CRF with ``postprocess=crf``),
+    and regions smaller than ``min_region`` of the image are merged into a neighbour (the paper's two
+    post-processing steps; 0: none). Reads pixels only: no backbone."""
 
     name = "wnet"
     cache_kind = None
     uses_backbone = False
 
-    def __init__(self, *, wnet: WNetTraining) -> None:
-        self.wnet = wnet
+    def __init__(self, *, wnet: WNetTraining, min_region: float = 0.0) -> None:
+        if not 0 <= float(min_region) < 1:
+            raise ValueError(f"method.min_region={min_region} must be a fraction of the image in [0, 1)")
+        self.wnet, self.min_region = wnet, float(min_region)
         self._model = None
         self._cache_root: Path | None = None
 
@@ -224,7 +228,7 @@ class WNetMethod(Method):
         return to_mask
 
     def label(self, job: Job, scores_to_mask: ScoresToMask | None) -> dict[str, Any]:
-        from datus.wnet import memberships_to_mask, segment_bank
+        from datus.wnet import memberships_to_mask, merge_small_regions, segment_bank
 
         if self._model is None:
             raise RuntimeError("WNetMethod.label before prepare")
@@ -234,14 +238,15 @@ class WNetMethod(Method):
             for position, probs in segment_bank(self._model, bank, device=self.wnet.device):
                 index, size = bank.indices[position], bank.sizes[position]
                 mask = memberships_to_mask(probs, size) if scores_to_mask is None else scores_to_mask(index, probs)
-                yield bank.stems[position], mask, size
+                yield bank.stems[position], merge_small_regions(mask, round(self.min_region * mask.size)), size
 
         written = save_masks(job.out_dir, masks(), job.labeler.k)
         self.wnet.copy_pictures(job.out_dir / "pictures")
         for entry in bank.skipped:
             log.warning("skipped %s: %s", entry["stem"], entry["error"])
         return {"method": self.name, "k": job.labeler.k, "images": len(bank), "skipped": bank.skipped,
-                "postprocessed": scores_to_mask is not None, "coverage": written["coverage"],
+                "postprocessed": scores_to_mask is not None, "min_region": self.min_region,
+                "coverage": written["coverage"],
                 "cluster_pixels": written["cluster_pixels"]}
 
 
