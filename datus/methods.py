@@ -76,7 +76,7 @@ class Method(ABC):
     #: whether it reads a backbone's features (W-Net reads pixels only: no backbone is built)
     uses_backbone: bool = True
 
-    def check(self, *, k: int) -> None:
+    def check(self, *, k: int) -> None:  # noqa: B027 - optional hook: most methods have nothing to check
         """Refuse bad settings before anything is built or read (e.g. a trained file made for another K)."""
 
     def prepare(self, dataset, *, cache_root: Path, k: int) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import torch
 from datus.io import atomic_write, remove_stale_temporaries, write_json
 from datus.masks import check_k
 from datus.refine.features import dataset_identity
-from datus.runs import cache_entry, job_lock, settings_key
+from datus.runs import cache_entry, job_lock
 from datus.wnet.data import ImageBank
 from datus.wnet.model import WNet
 from datus.wnet.module import WNetModule
