@@ -171,7 +171,7 @@ def test_method_wnet_writes_masks_of_each_image_size_with_labels_below_k(tmp_pat
         mask = read_mask(out / "pseudo_masks" / f"{stem}.png")
         assert mask.shape == size and mask.max() < 3
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["method"] == "wnet" and summary["labeling"]["coverage"] == 1.0
+    assert summary["method"] == "wnet" and summary["labeling"]["coverage"] == 1.0 and summary["backbone"] is None
     assert summary["wnet"]["trained_this_run"] and summary["wnet"]["epochs"] == 2
     assert 0 <= miou <= 100 and json.loads((out / "metrics.json").read_text())["miou"] == miou
     assert (out / "pictures" / "wnet_loss_curves.png").is_file() and (out / "pictures" / "wnet_samples.png").is_file()
