@@ -162,6 +162,8 @@ def _discover(out: Path, overrides: list[str]):
 def test_method_wnet_writes_masks_of_each_image_size_with_labels_below_k(tmp_path, monkeypatch):
     """Mixed sizes, a grayscale image and one smaller than the stride: converted, segmented, evaluated."""
     made = _folder_dataset(tmp_path / "data")
+    (tmp_path / "data" / "val" / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "data" / "val" / "true_masks" / "broken.png")
     monkeypatch.setattr("datus.backbones.build_backbone", lambda *a, **k: pytest.fail("no backbone needed"))
     out = tmp_path / "run"
     miou = _discover(out, ["method=wnet", "dataset=folder", f"dataset.root={tmp_path / 'data'}", "dataset.split=val",
@@ -173,6 +175,8 @@ def test_method_wnet_writes_masks_of_each_image_size_with_labels_below_k(tmp_pat
     summary = json.loads((out / "summary.json").read_text())
     assert summary["method"] == "wnet" and summary["labeling"]["coverage"] == 1.0 and summary["backbone"] is None
     assert summary["wnet"]["trained_this_run"] and summary["wnet"]["epochs"] == 2
+    assert [e["stem"] for e in summary["labeling"]["skipped"]] == ["broken"]  # skipped by name, the run goes on
+    assert not (out / "pseudo_masks" / "broken.png").exists()
     assert 0 <= miou <= 100 and json.loads((out / "metrics.json").read_text())["miou"] == miou
     assert (out / "pictures" / "wnet_loss_curves.png").is_file() and (out / "pictures" / "wnet_samples.png").is_file()
     # a second run with the same settings reuses the trained W-Net
