@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from datus.cli import finish_loggers, instantiate_loggers, register_resolvers, run_command
 from datus.cli.logging import log_evaluation
 from datus.evaluation import EvaluationError, evaluate_masks, format_table, write_report
+from datus.metrics import check_matching
 
 log = logging.getLogger("datus")
 register_resolvers()
@@ -17,6 +18,7 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float:
+    check_matching(cfg.matching)
     if (cfg.masks is None) == (cfg.ckpt is None):
         raise EvaluationError("pass exactly one of masks=DIR_OF_PNGS or ckpt=PATH (a train.py checkpoint)")
     masks, k = cfg.masks, cfg.k
@@ -38,7 +40,7 @@ def main(cfg: DictConfig) -> float:
                       evaluate=False)
         masks, k = out_dir / "pseudo_masks", module.hparams.num_clusters
     result, samples = evaluate_masks(dataset, masks_dir=masks, num_clusters=k, protocol=cfg.protocol,
-                                     allow_missing=cfg.allow_missing, num_samples=cfg.num_samples)
+                                     matching=cfg.matching, allow_missing=cfg.allow_missing, num_samples=cfg.num_samples)
     write_report(out_dir, result, samples, list(dataset.classes))
     print(format_table(result))
     loggers = instantiate_loggers(cfg.logger)

@@ -43,6 +43,7 @@ def evaluate_masks(
     masks_dir: str | Path,
     num_clusters: int | None = None,
     protocol: str = "honest",
+    matching: str = "hungarian",
     allow_missing: bool = False,
     num_samples: int = 6,
 ) -> tuple[dict[str, Any], list[dict[str, np.ndarray]]]:
@@ -51,7 +52,8 @@ def evaluate_masks(
     A mask whose size differs from its ground truth is an error (never silently resized).
     Missing masks are an error naming them, unless ``allow_missing`` (then all-unlabelled, as
     for images that discovery skipped because they could not be read: their ground truth counts).
-    ``num_clusters`` defaults to the largest label found + 1.
+    ``num_clusters`` defaults to the largest label found + 1. ``matching``: ``"hungarian"`` (clusters
+    to classes, one to one) or ``"identity"`` (the label is the class index: open-vocabulary methods).
     """
     masks_dir = Path(masks_dir)
     if not dataset.has_masks:
@@ -69,7 +71,7 @@ def evaluate_masks(
         num_clusters = check_k(num_clusters, "k")
     else:
         num_clusters = infer_k(largest_label(_read_png(path)) for stem, path in paths.items() if stem not in missing)
-    metric = ClusterConfusion(num_clusters, list(dataset.classes), protocol=protocol)
+    metric = ClusterConfusion(num_clusters, list(dataset.classes), protocol=protocol, matching=matching)
     samples: list[dict[str, np.ndarray]] = []
     for sample in dataset.samples:
         truth = dataset.read_mask(sample)

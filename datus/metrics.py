@@ -8,6 +8,9 @@ Hungarian algorithm maximising agreement. What the field's public code gets wron
 * with more clusters than classes, the clusters left unmatched by the Hungarian matching
   count as wrong; the many-to-one "majority" mapping is reported separately, by name;
 * only void ground truth (255) is ignored.
+
+Methods that name classes (open vocabulary) are scored with ``matching="identity"``: the predicted
+index is the class, nothing is matched after the fact.
 """
 
 from __future__ import annotations
@@ -55,6 +58,18 @@ def hungarian_mapping(confusion: np.ndarray) -> np.ndarray:
     return mapping
 
 
+def identity_mapping(confusion: np.ndarray) -> np.ndarray:
+    """Prediction ``i`` -> class ``i`` (open vocabulary: the predicted index is the class); predictions
+    beyond the classes -> ``-1`` (wrong)."""
+    clusters, classes = confusion.shape[0] - 1, confusion.shape[1]
+    return np.where(np.arange(clusters) < classes, np.arange(clusters), -1).astype(np.int64)
+
+
+#: How predictions are matched to classes (``matching=``): one cluster per class maximising matched
+#: pixels (unsupervised methods), or the predicted index is the class (methods that name classes).
+MATCHINGS = {"hungarian": hungarian_mapping, "identity": identity_mapping}
+
+
 def majority_mapping(confusion: np.ndarray) -> np.ndarray:
     """Cluster -> its most frequent class (many-to-one); clusters with no labelled pixel -> -1."""
     clusters = confusion[:-1]
@@ -92,24 +107,35 @@ def _clean(values: np.ndarray) -> list[float | None]:
     return [None if np.isnan(v) else float(v) for v in values]
 
 
+def check_matching(matching: str) -> str:
+    """``matching`` if it names one of :data:`MATCHINGS`, else a ValueError naming the choices."""
+    if matching not in MATCHINGS:
+        raise ValueError(f"matching={matching!r}: choose one of {', '.join(MATCHINGS)}")
+    return matching
+
+
 def evaluate_confusion(
     confusion: np.ndarray | torch.Tensor,
     class_names: list[str],
     protocol: str = "honest",
+    matching: str = "hungarian",
 ) -> dict[str, Any]:
     """Every number of a run from its ``(K + 1, C)`` confusion (last row: unlabelled predictions).
 
     ``protocol="honest"`` (default): unlabelled predictions count as wrong. ``"paper"``: the
     same, plus a ``"paper"`` section with them dropped, as the authors' scripts did.
+    ``matching``: ``"hungarian"`` (clusters matched to classes one to one) or ``"identity"``
+    (prediction ``i`` is class ``i``: open-vocabulary mIoU; no majority section).
     """
     if protocol not in ("honest", "paper"):
         raise ValueError(f"protocol={protocol!r}: choose 'honest' or 'paper'")
+    check_matching(matching)
     confusion = np.asarray(torch.as_tensor(confusion).cpu(), dtype=np.int64)
     num_clusters, num_classes = confusion.shape[0] - 1, confusion.shape[1]
     if num_classes != len(class_names):
         raise ValueError(f"{num_classes} classes in the confusion matrix, {len(class_names)} names")
     labelled = int(confusion.sum())
-    mapping = hungarian_mapping(confusion)
+    mapping = MATCHINGS[matching](confusion)
     result = score(confusion, mapping, class_names)
     result.update({
         "protocol": "honest: unlabelled predictions count as wrong; only void ground truth ignored",
@@ -118,12 +144,12 @@ def evaluate_confusion(
         "num_classes": num_classes,
         "labelled_pixels": labelled,
         "matching": {
-            "method": "hungarian",
+            "method": matching,
             "cluster_to_class": {str(k): (class_names[c] if c >= 0 else None) for k, c in enumerate(mapping)},
         },
         "confusion_matrix": confusion.tolist(),
     })
-    if num_clusters > num_classes:
+    if num_clusters > num_classes and matching == "hungarian":
         majority = majority_mapping(confusion)
         many = score(confusion, majority, class_names)
         many["matching"] = {
@@ -150,8 +176,10 @@ class ClusterConfusion(Metric):
     is_differentiable = False
     higher_is_better = True
 
-    def __init__(self, num_clusters: int, class_names: list[str], protocol: str = "honest", **kwargs) -> None:
+    def __init__(self, num_clusters: int, class_names: list[str], protocol: str = "honest",
+                 matching: str = "hungarian", **kwargs) -> None:
         super().__init__(**kwargs)
+        self.matching = check_matching(matching)
         if num_clusters < 1:
             raise ValueError(f"num_clusters={num_clusters} must be >= 1")
         self.num_clusters = int(num_clusters)
@@ -175,4 +203,4 @@ class ClusterConfusion(Metric):
         self.confusion += torch.bincount(p * c + t, minlength=(k + 1) * c).reshape(k + 1, c)
 
     def compute(self) -> dict[str, Any]:
-        return evaluate_confusion(self.confusion, self.class_names, self.protocol)
+        return evaluate_confusion(self.confusion, self.class_names, self.protocol, self.matching)

@@ -77,6 +77,7 @@ def run_pipeline(
     shard: tuple[int, int] = (0, 1),
     evaluate: bool = True,
     protocol: str = "honest",
+    matching: str = "hungarian",
     overwrite: bool = False,
     postprocess: DenseCRF | None = None,
     projection: Projection | None = None,
@@ -138,7 +139,7 @@ def run_pipeline(
         summary["labeling"] = method.label(job, method.scores_to_mask(labeler, postprocess, dataset))
     if evaluate and stage != "segments" and dataset.has_masks:
         result, samples = evaluate_masks(dataset, masks_dir=out_dir / "pseudo_masks", num_clusters=labeler.k,
-                                         protocol=protocol, allow_missing=True)
+                                         protocol=protocol, matching=matching, allow_missing=True)
         write_report(out_dir, result, samples, list(dataset.classes))
         log.info("pseudo masks vs ground truth:\n%s", format_table(result))
         summary["metrics"] = {k: result[k] for k in ("miou", "pixel_accuracy", "mean_f1", "coverage")}

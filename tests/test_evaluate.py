@@ -66,6 +66,27 @@ def test_permuted_ground_truth_scores_100_and_writes_every_file(tmp_path, folder
     assert "mIoU" in proc.stdout and "class_0" in proc.stdout
 
 
+def test_identity_matching_scores_names_as_given_and_the_same_masks_permuted_score_zero(tmp_path, folder_data):
+    """matching=identity (open vocabulary): the ground truth itself scores 100, a permutation of it 0,
+    where the Hungarian matching would have undone the permutation."""
+    from datus.data import ImageFolder
+
+    data = ImageFolder(folder_data, "val", num_classes=3)
+    truths = {s.stem: data.read_mask(s) for s in data.samples}
+    common = ["dataset=folder", f"dataset.root={folder_data}", "dataset.split=val", "dataset.num_classes=3",
+              "matching=identity"]
+    _write_masks(tmp_path / "same", truths, np.array([0, 1, 2]), 3)
+    _evaluate(*common, f"masks={tmp_path / 'same'}", f"hydra.run.dir={tmp_path / 'e1'}")
+    same = json.loads((tmp_path / "e1" / "metrics.json").read_text())
+    assert same["miou"] == 1.0 and same["matching"]["method"] == "identity"
+    _write_masks(tmp_path / "permuted", truths, np.array([2, 0, 1]), 3)
+    _evaluate(*common, f"masks={tmp_path / 'permuted'}", f"hydra.run.dir={tmp_path / 'e2'}")
+    permuted = json.loads((tmp_path / "e2" / "metrics.json").read_text())
+    assert permuted["miou"] == 0.0 and permuted["pixel_accuracy"] == 0.0
+    proc = _evaluate(*common[:-1], "matching=greedy", f"masks={tmp_path / 'same'}", expect_ok=False)
+    assert proc.returncode == 1 and "matching='greedy': choose one of hungarian, identity" in proc.stderr
+
+
 def test_missing_masks_are_named_unless_allowed(tmp_path, folder_data):
     from datus.data import ImageFolder
 

@@ -108,3 +108,31 @@ def test_bad_input_is_refused():
         ClusterConfusion(2, ["a", "b"]).update(torch.zeros(2, 2), torch.zeros(2, 3))
     with pytest.raises(ValueError, match="protocol"):
         evaluate_confusion(np.zeros((3, 2)), ["a", "b"], protocol="best")
+
+
+def test_identity_matching_takes_the_predicted_index_as_the_class():
+    # the same pixels as the known partial case, but an open-vocabulary method named the classes:
+    # pred 1 1 1 0 0 0 0 0 vs truth a a a a b b b b, identity: 0 = a, 1 = b (nothing swapped after the fact)
+    # a: tp 1 (the fourth pixel), predicted 5, actual 4 -> IoU 1/8; b: tp 0 (its pixels were called a) -> 0
+    # mIoU 1/16, pixel accuracy 1/8; with the Hungarian matching the same masks score 0.775
+    m = ClusterConfusion(num_clusters=2, class_names=["a", "b"], matching="identity")
+    m.update(torch.tensor([1, 1, 1, 0, 0, 0, 0, 0]), torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]))
+    r = m.compute()
+    assert r["matching"] == {"method": "identity", "cluster_to_class": {"0": "a", "1": "b"}}
+    assert r["per_class_iou"] == pytest.approx({"a": 1 / 8, "b": 0.0})
+    assert r["miou"] == pytest.approx(1 / 16) and r["pixel_accuracy"] == pytest.approx(1 / 8)
+    # a hand-computed 3-class case with an unlabelled pixel and a prediction beyond the classes:
+    # truth  a a a b b c c c ; pred a a b b U c c 3
+    # a: tp 2, pred 2, actual 3 -> 2/3; b: tp 1, pred 2 (a pixel of a, one of b), actual 2 -> 1/3;
+    # c: tp 2, pred 2, actual 3 -> 2/3; the U and the 3 count as wrong; pixel accuracy 5/8
+    m = ClusterConfusion(num_clusters=4, class_names=["a", "b", "c"], matching="identity")
+    m.update(torch.tensor([0, 0, 1, 1, U, 2, 2, 3]), torch.tensor([0, 0, 0, 1, 1, 2, 2, 2]))
+    r = m.compute()
+    assert r["per_class_iou"] == pytest.approx({"a": 2 / 3, "b": 1 / 3, "c": 2 / 3})
+    assert r["pixel_accuracy"] == pytest.approx(5 / 8)
+    assert r["matching"]["cluster_to_class"]["3"] is None and "majority" not in r
+
+
+def test_an_unknown_matching_is_refused():
+    with pytest.raises(ValueError, match=r"matching='greedy': choose one of hungarian, identity"):
+        ClusterConfusion(num_clusters=2, class_names=["a", "b"], matching="greedy")

@@ -9,6 +9,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from datus.metrics import check_matching
 from datus.projection import check_codes
 from datus.runs import cache_settings, run_settings
 
@@ -18,6 +19,7 @@ log = logging.getLogger("datus")
 def pipeline_kwargs(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     """Instantiate what ``cfg`` names, cheapest and most validating first, so a bad setting
     fails before the backbone loads or an image is read; returns ``run_pipeline``'s arguments."""
+    check_matching(cfg.matching)
     labeler = instantiate(cfg.labeling, k=cfg.k)
     method = instantiate(cfg.method)
     projection = instantiate(cfg.head) if cfg.get("head") is not None else None
@@ -34,6 +36,7 @@ def pipeline_kwargs(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         method=method, labeler=labeler, backbone=backbone, dataset=dataset, out_dir=Path(out_dir),
         make_trainer=lambda: instantiate(cfg.trainer, logger=False),
         stage=cfg.stage, evaluate=cfg.evaluate, protocol=cfg.protocol,
+        matching=cfg.matching,
         settings=cache_settings(container), run_settings=run_settings(container),
         cache_dir=cfg.cache_dir, shard=(cfg.shard.index, cfg.shard.count),
         batch_size=cfg.batch_size, num_workers=cfg.num_workers, shard_size=cfg.shard_size,
