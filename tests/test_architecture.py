@@ -19,7 +19,7 @@ FLOORS: list[tuple[str, list[str]]] = [
                 "datus.transforms", "datus.postprocess", "datus.figures", "datus.runs"]),
     ("discovery", ["datus.discovery"]),
     ("labeling", ["datus.labeling"]),
-    ("methods", ["datus.methods", "datus.refine", "datus.projection", "datus.wnet", "datus.evaluation",
+    ("methods", ["datus.methods", "datus.refine", "datus.projection", "datus.wnet", "datus.openvocab", "datus.evaluation",
                  "datus.foreground"]),
     ("pipeline", ["datus.pipeline", "datus.report"]),
     # the command-line layer and the module commands (python -m datus.viz | datus.bench)
