@@ -69,3 +69,74 @@ def test_a_missing_or_wrong_model_file_is_named_with_how_to_get_it(model_files, 
         SamPromptDecoder(model_files["clip_image"], setting="method.sam_decoder")
     with pytest.raises(ModelFileError, match=r"is not a CLIP text encoder: expected input #0 of rank 2"):
         ClipTextEncoder(model_files["sam_encoder"])
+
+
+def _proposal(mask, iou, point=(0.0, 0.0)):
+    from datus.openvocab.automatic import MaskProposal
+
+    return MaskProposal(np.asarray(mask, dtype=bool), iou, 1.0, point)
+
+
+def test_the_point_grid_and_the_stability_score():
+    from datus.openvocab.automatic import point_grid, stability_score
+
+    grid = point_grid(2, 100, 200)
+    assert grid.tolist() == [[50, 25], [150, 25], [50, 75], [150, 75]]
+    logits = np.array([[3.0, 0.5, -0.5, -3.0]])
+    assert stability_score(logits, 0.0, 1.0) == pytest.approx(1 / 3)  # > 1: one pixel; > -1: three
+    with pytest.raises(ValueError, match="points_per_side=0"):
+        point_grid(0, 10, 10)
+
+
+def test_duplicate_masks_are_dropped_best_predicted_iou_first_and_overlaps_go_to_the_best():
+    from datus.openvocab.automatic import deduplicate, paint
+
+    a = np.zeros((10, 10), bool)
+    a[:5, :5] = True  # 25 px
+    b = a.copy()
+    b[5, :5] = True  # 30 px, IoU with a 25/30 > 0.7: a duplicate
+    c = np.zeros((10, 10), bool)
+    c[3:8, 3:8] = True  # overlaps a on 4 px: IoU 4/46, kept
+    kept = deduplicate([_proposal(a, 0.90), _proposal(b, 0.95), _proposal(c, 0.92)], iou=0.7)
+    assert [p.predicted_iou for p in kept] == [0.95, 0.92]  # b beat its duplicate a; c stays
+    owner = paint(kept, (10, 10))
+    assert owner[4, 4] == 0 and owner[6, 6] == 1 and owner[9, 9] == -1  # the overlap belongs to b (0.95)
+
+
+def test_automatic_masks_keep_only_confident_stable_distinct_masks(model_files):
+    from datus.data import DemoImages
+    from datus.openvocab.automatic import AutomaticMasks, mask_iou
+
+    image = DemoImages().load(0)["image"].permute(1, 2, 0).numpy()
+    generator = AutomaticMasks(SamImageEncoder(model_files["sam_encoder"]), SamPromptDecoder(model_files["sam_decoder"]),
+                               points_per_side=4, pred_iou_thresh=0.85, stability_thresh=0.5, dedupe_iou=0.7)
+    proposals = generator(image)
+    assert proposals and all(p.predicted_iou >= 0.85 and p.stability >= 0.5 for p in proposals)
+    # the tiny decoder's predicted IoU falls with x: only the left column of the 4x4 grid passes 0.85
+    assert {p.point[0] for p in proposals} == {image.shape[1] / 8}
+    for i, p in enumerate(proposals):
+        assert p.mask.shape == image.shape[:2]
+        assert all(mask_iou(p.mask, q.mask) <= 0.7 for q in proposals[i + 1:])
+
+
+def test_clip_names_each_mask_and_leaves_uncovered_or_unsure_pixels_unlabelled(model_files):
+    from datus.data import DemoImages
+    from datus.openvocab.automatic import AutomaticMasks
+    from datus.openvocab.naming import ClipNamer, mask_crop
+
+    image = DemoImages().load(1)["image"].permute(1, 2, 0).numpy()
+    proposals = AutomaticMasks(SamImageEncoder(model_files["sam_encoder"]), SamPromptDecoder(model_files["sam_decoder"]),
+                               points_per_side=3, pred_iou_thresh=0.5, stability_thresh=0.5)(image)
+    encoders = ClipImageEncoder(model_files["clip_image"]), ClipTextEncoder(model_files["clip_text"])
+    namer = ClipNamer(*encoders, ["sky", "road", "car"], templates=["a photo of a {name}.", "a {name}."])
+    labels, probs = namer(image, proposals)
+    covered = np.zeros(image.shape[:2], bool)
+    for p in proposals:
+        covered |= p.mask
+    assert probs.shape == (len(proposals), 3) and np.allclose(probs.sum(axis=1), 1)
+    assert set(np.unique(labels[covered])) <= {0, 1, 2} and (labels[~covered] == 255).all()
+    assert namer.text_embeddings.shape == (3, DIM)
+    unsure, _ = ClipNamer(*encoders, ["sky", "road", "car"], min_confidence=1.0)(image, proposals)
+    assert (unsure == 255).all()
+    crop = mask_crop(image, proposals[0].mask)
+    assert crop.ndim == 3 and crop.shape[0] <= image.shape[0]
