@@ -13,6 +13,7 @@ A new method (e.g. features from a trained head) is a class here and a YAML file
 
 from __future__ import annotations
 
+import io
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -248,6 +249,87 @@ class WNetMethod(Method):
                 "postprocessed": scores_to_mask is not None, "min_region": self.min_region,
                 "coverage": written["coverage"],
                 "cluster_pixels": written["cluster_pixels"]}
+
+
+class ClipSam(Method):
+    """Annotation-free, open-vocabulary pseudo labels (Seifi et al. 2024): SAM's automatic masks, each
+    named by CLIP with the dataset's class names (label i = class i: evaluate with ``matching=identity``).
+
+    The four models are ONNX files the user supplies (``clip_image``, ``clip_text``, ``sam_encoder``,
+    ``sam_decoder``); each is checked before any image is read. K is the number of class names.
+    """
+
+    name = "clip_sam"
+    cache_kind = "clip_sam"
+    uses_backbone = False
+
+    def __init__(self, *, clip_image: str | None = None, clip_text: str | None = None, sam_encoder: str | None = None,
+                 sam_decoder: str | None = None, templates: list[str] | tuple[str, ...] = ("a photo of a {name}.",),
+                 class_names: list[str] | None = None, sam: dict | None = None, clip: dict | None = None) -> None:
+        from datus.openvocab.tokenizer import prompts
+
+        self.files = {"clip_image": clip_image, "clip_text": clip_text, "sam_encoder": sam_encoder,
+                      "sam_decoder": sam_decoder}
+        self.templates, self.class_names = list(templates), None if class_names is None else list(class_names)
+        self.sam_settings, self.clip_settings = dict(sam or {}), dict(clip or {})
+        prompts(["x"], self.templates)  # a template without {name} is refused now
+        self._generator = self._namer = None
+
+    def features_read(self) -> dict[str, str]:
+        return {}
+
+    def check(self, *, k: int) -> None:
+        """Open the four model files (a missing or wrong one is named, with how to export it)."""
+        from datus.openvocab import AutomaticMasks, ClipImageEncoder, ClipTextEncoder, SamImageEncoder, SamPromptDecoder
+
+        if not any(self.files.values()):
+            raise ValueError("method=clip_sam needs CLIP and SAM as ONNX files (method.clip_image, method.clip_text, "
+                             "method.sam_encoder, method.sam_decoder; README \"Open vocabulary\" says how to export "
+                             "them); without them, use method=datus")
+        self._encoders = (ClipImageEncoder(self.files["clip_image"]), ClipTextEncoder(self.files["clip_text"]))
+        self._generator = AutomaticMasks(SamImageEncoder(self.files["sam_encoder"]),
+                                         SamPromptDecoder(self.files["sam_decoder"]), **self.sam_settings)
+
+    def names(self, dataset) -> list[str]:
+        return self.class_names if self.class_names is not None else list(dataset.classes)
+
+    def prepare(self, dataset, *, cache_root: Path, k: int) -> dict[str, Any]:
+        from datus.openvocab import ClipNamer
+
+        if self._generator is None:
+            self.check(k=k)
+        names = self.names(dataset)
+        if len(names) != k:
+            raise ValueError(f"k={k} but method=clip_sam names {len(names)} classes ({', '.join(names[:5])}"
+                             f"{', ...' if len(names) > 5 else ''}): each label is a class, so pass k={len(names)}")
+        self._namer = ClipNamer(*self._encoders, names, templates=self.templates, **self.clip_settings)
+        return {"class_names": names}
+
+    def cache_key(self, settings: dict[str, Any]) -> dict[str, Any]:
+        from datus.runs import files_fingerprint
+
+        models = {name: None if path is None else files_fingerprint([(name, Path(path).expanduser())])
+                  for name, path in self.files.items()}
+        return {"dataset": settings["dataset"], "models": models, "templates": self.templates,
+                "class_names": self.class_names, "sam": self.sam_settings, "clip": self.clip_settings}
+
+    def compute(self, job: Job) -> dict[str, Any]:
+        from datus.openvocab.stage import label_split
+
+        with job_lock(job.work / ".lock", f"SAM + CLIP labels in {job.work}"):
+            return {"clip_sam": label_split(job.loop.dataset, job.work, self._generator, self._namer)}
+
+    def label(self, job: Job, scores_to_mask: ScoresToMask | None) -> dict[str, Any]:
+        from datus.openvocab.stage import read_labels
+
+        if scores_to_mask is not None:
+            raise ValueError("postprocess=crf: method=clip_sam writes SAM's masks as they are; use postprocess=none")
+        written = save_masks(job.out_dir, read_labels(job.loop.dataset, job.work), job.labeler.k)
+        buffer = io.BytesIO()
+        np.savez(buffer, text_embeddings=self._namer.text_embeddings, class_names=np.array(self._namer.class_names))
+        atomic_write(job.out_dir / "labeling" / "text_embeddings.npz", lambda f: f.write(buffer.getvalue()))
+        return {"method": self.name, "k": job.labeler.k, "class_names": self._namer.class_names,
+                "coverage": written["coverage"], "cluster_pixels": written["cluster_pixels"]}
 
 
 def _check_complete(segments: SegmentStore, dataset) -> None:

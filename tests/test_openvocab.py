@@ -140,3 +140,79 @@ def test_clip_names_each_mask_and_leaves_uncovered_or_unsure_pixels_unlabelled(m
     assert (unsure == 255).all()
     crop = mask_crop(image, proposals[0].mask)
     assert crop.ndim == 3 and crop.shape[0] <= image.shape[0]
+
+
+def _folder(root):
+    """Real photos with 3-class masks (dark / mid / bright) named like a user's dataset."""
+    from PIL import Image
+
+    from datus.data import DemoImages
+
+    (root / "val" / "images").mkdir(parents=True)
+    (root / "val" / "true_masks").mkdir()
+    for i in range(3):
+        image = DemoImages().load(i)["image"].permute(1, 2, 0).numpy()
+        Image.fromarray(image).save(root / "val" / "images" / f"img{i}.png")
+        Image.fromarray((image.mean(axis=2) // 86).astype(np.uint8)).save(root / "val" / "true_masks" / f"img{i}.png")
+    return ["dataset=folder", f"dataset.root={root}", "dataset.split=val", "dataset.num_classes=3",
+            "dataset.class_names=[dark_thing,grey_thing,bright_thing]"]
+
+
+def _run(out, overrides):
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tests.conftest import compose_config
+    from tests.test_bad_input import _load_entry_point
+
+    cfg = compose_config("discover", ["logger=none", "trainer.enable_progress_bar=false", *overrides], out)
+    try:
+        return _load_entry_point("discover").main(cfg)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+@pytest.mark.slow
+def test_method_clip_sam_runs_end_to_end_on_the_tiny_models_and_resumes(model_files, tmp_path, monkeypatch):
+    import json
+
+    from datus.masks import read_mask
+
+    monkeypatch.setattr("datus.backbones.build_backbone", lambda *a, **k: pytest.fail("no backbone needed"))
+    data = _folder(tmp_path / "data")
+    files = [f"method.{name}={path}" for name, path in model_files.items()]
+    overrides = [*data, "method=clip_sam", "k=3", "matching=identity", *files, "method.sam.points_per_side=3",
+                 "method.sam.pred_iou_thresh=0.5", "method.sam.stability_thresh=0.5", f"cache_dir={tmp_path / 'c'}"]
+    miou = _run(tmp_path / "run", overrides)
+    out = tmp_path / "run"
+    from datus.data import DemoImages
+
+    for i in range(3):
+        mask = read_mask(out / "pseudo_masks" / f"img{i}.png")
+        assert mask.shape == DemoImages().load(i)["image"].shape[1:] and set(np.unique(mask)) <= {0, 1, 2, 255}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["matching"]["method"] == "identity" and metrics["miou"] == miou
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["clip_sam"]["labelled_this_run"] == 3 and summary["class_names"] == ["dark_thing", "grey_thing",
+                                                                                        "bright_thing"]
+    with np.load(out / "labeling" / "text_embeddings.npz") as z:
+        assert z["text_embeddings"].shape == (3, DIM)
+    _run(tmp_path / "again", overrides)  # the labels come from the cache
+    assert json.loads((tmp_path / "again" / "summary.json").read_text())["clip_sam"]["labelled_this_run"] == 0
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ([], r"method=clip_sam needs CLIP and SAM as ONNX files .* use method=datus"),
+    (["method.clip_image={missing}", "method.clip_text={missing}", "method.sam_encoder={missing}",
+      "method.sam_decoder={missing}"], r"method.clip_image=.*nowhere.onnx: no such file"),
+    (["method.templates=[a photo]"], r"prompt template 'a photo' has no \{name\}"),
+])
+def test_clip_sam_without_its_files_fails_before_any_work(tmp_path, extra, message):
+    import re
+
+    from tests.test_bad_input import _messages
+
+    data = _folder(tmp_path / "data")
+    with pytest.raises(Exception) as info:
+        _run(tmp_path / "out", [*data, "method=clip_sam", "k=3", *[e.format(missing=tmp_path / "nowhere.onnx")
+                                                                   for e in extra]])
+    assert re.search(message, _messages(info.value)), _messages(info.value)
