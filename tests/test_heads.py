@@ -291,6 +291,12 @@ def test_model_configs_compose_and_instantiate(model, tmp_path):
     if model == "align_block":
         assert cfg.model.head.centroids == "/data/run/pseudo_masks/../labeling/centroids.npz"
         cfg.model.head.centroids = None
+    if model == "align_text":  # CLIP's text embeddings of 5 names (method=clip_sam writes them) as prototypes
+        assert cfg.model.head.prototypes == "/data/run/pseudo_masks/../labeling/text_embeddings.npz"
+        np.savez(tmp_path / "text.npz", text_embeddings=np.random.default_rng(0).normal(size=(5, 32)),
+                 class_names=np.array(list("abcde")))
+        cfg.model.head.prototypes = str(tmp_path / "text.npz")
+        assert cfg.model.matching == "identity"
     module = instantiate(cfg.model, num_clusters=5, class_names=["a", "b"])  # K is given by train.py
     assert module.hparams.num_clusters == 5
     if model.startswith("deeplabv3_") and model != "deeplabv3_head":

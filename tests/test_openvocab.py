@@ -142,18 +142,19 @@ def test_clip_names_each_mask_and_leaves_uncovered_or_unsure_pixels_unlabelled(m
     assert crop.ndim == 3 and crop.shape[0] <= image.shape[0]
 
 
-def _folder(root):
+def _folder(root, split="val", photos=range(3)):
     """Real photos with 3-class masks (dark / mid / bright) named like a user's dataset."""
     from PIL import Image
 
     from datus.data import DemoImages
 
-    (root / "val" / "images").mkdir(parents=True)
-    (root / "val" / "true_masks").mkdir()
-    for i in range(3):
-        image = DemoImages().load(i)["image"].permute(1, 2, 0).numpy()
-        Image.fromarray(image).save(root / "val" / "images" / f"img{i}.png")
-        Image.fromarray((image.mean(axis=2) // 86).astype(np.uint8)).save(root / "val" / "true_masks" / f"img{i}.png")
+    (root / split / "images").mkdir(parents=True)
+    (root / split / "true_masks").mkdir()
+    for i in photos:
+        image = DemoImages().load(i)["image"].permute(1, 2, 0).numpy()[::2, ::2]
+        Image.fromarray(np.ascontiguousarray(image)).save(root / split / "images" / f"img{i}.png")
+        truth = (image.mean(axis=2) // 86).astype(np.uint8)
+        Image.fromarray(truth).save(root / split / "true_masks" / f"img{i}.png")
     return ["dataset=folder", f"dataset.root={root}", "dataset.split=val", "dataset.num_classes=3",
             "dataset.class_names=[dark_thing,grey_thing,bright_thing]"]
 
@@ -172,12 +173,11 @@ def _run(out, overrides):
 
 
 @pytest.mark.slow
-def test_method_clip_sam_runs_end_to_end_on_the_tiny_models_and_resumes(model_files, tmp_path, monkeypatch):
+def test_method_clip_sam_runs_end_to_end_on_the_tiny_models_and_resumes(model_files, tmp_path):
     import json
 
     from datus.masks import read_mask
 
-    monkeypatch.setattr("datus.backbones.build_backbone", lambda *a, **k: pytest.fail("no backbone needed"))
     data = _folder(tmp_path / "data")
     files = [f"method.{name}={path}" for name, path in model_files.items()]
     overrides = [*data, "method=clip_sam", "k=3", "matching=identity", *files, "method.sam.points_per_side=3",
@@ -188,10 +188,11 @@ def test_method_clip_sam_runs_end_to_end_on_the_tiny_models_and_resumes(model_fi
 
     for i in range(3):
         mask = read_mask(out / "pseudo_masks" / f"img{i}.png")
-        assert mask.shape == DemoImages().load(i)["image"].shape[1:] and set(np.unique(mask)) <= {0, 1, 2, 255}
+        assert mask.shape == DemoImages().load(i)["image"][:, ::2, ::2].shape[1:] and set(np.unique(mask)) <= {0, 1, 2, 255}
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["matching"]["method"] == "identity" and metrics["miou"] == miou
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["backbone"] is None  # no backbone was built
     assert summary["clip_sam"]["labelled_this_run"] == 3 and summary["class_names"] == ["dark_thing", "grey_thing",
                                                                                         "bright_thing"]
     with np.load(out / "labeling" / "text_embeddings.npz") as z:
@@ -216,3 +217,49 @@ def test_clip_sam_without_its_files_fails_before_any_work(tmp_path, extra, messa
         _run(tmp_path / "out", [*data, "method=clip_sam", "k=3", *[e.format(missing=tmp_path / "nowhere.onnx")
                                                                    for e in extra]])
     assert re.search(message, _messages(info.value)), _messages(info.value)
+
+
+@pytest.mark.slow
+def test_the_alignment_module_learns_the_clip_sam_labels_on_frozen_features_and_segments_new_names(
+        model_files, tmp_path):
+    """method=clip_sam on train, then train.py model=align_text (CLIP's text embeddings as fixed prototypes,
+    frozen tiny-ViT features), validated on val with identity matching; then any other list of names."""
+    import torch
+    from hydra.core.global_hydra import GlobalHydra
+
+    from datus.cli.train import refine_from_config
+    from datus.masks import read_mask
+    from datus.refine import load_refiner
+    from tests.conftest import compose_config
+
+    data = _folder(tmp_path / "data", "train", range(3))
+    _folder(tmp_path / "data", "val", range(3, 5))
+    files = [f"method.{name}={path}" for name, path in model_files.items()]
+    _run(tmp_path / "run", [*[d.replace("dataset.split=val", "dataset.split=train") for d in data], "method=clip_sam",
+                            "k=3", "matching=identity", *files, "method.sam.points_per_side=3",
+                            "method.sam.pred_iou_thresh=0.5", "method.sam.stability_thresh=0.5",
+                            f"cache_dir={tmp_path / 'c'}"])
+    overrides = [d for d in data if not d.startswith("dataset.split")] + [
+        "model=align_text", f"pseudo_masks={tmp_path / 'run' / 'pseudo_masks'}", "backbone=tiny_vit",
+        "backbone.weights=random", "resize.size=64", "logger=none", "trainer.enable_progress_bar=false",
+        "model.data.batch_size=2", "batch_size=2", "model.head.heads=6", "trainer.max_epochs=2", "predict=true",
+        "postprocess=none", f"cache_dir={tmp_path / 'c'}", f"hydra.run.dir={tmp_path / 'train'}"]
+    try:
+        history = refine_from_config(compose_config("train", overrides, tmp_path / "train"), loggers=[])
+    finally:
+        GlobalHydra.instance().clear()
+    entry = history[-1]
+    assert 0 <= entry["best_val_miou"] <= 1
+    module = load_refiner(entry["best_checkpoint"])
+    assert module.hparams.matching == "identity" and not module.head.prototypes.requires_grad
+    with np.load(tmp_path / "run" / "labeling" / "text_embeddings.npz") as z:
+        assert torch.allclose(module.head.prototypes, torch.from_numpy(z["text_embeddings"]))
+    for path in sorted((tmp_path / "train" / "refined" / "pseudo_masks").glob("*.png")):
+        assert read_mask(path).max() < 3
+    # zero-shot: two other names, embedded by the same CLIP text encoder, without retraining
+    from datus.openvocab import ClipTextEncoder, ClipTokenizer
+
+    text = ClipTextEncoder(model_files["clip_text"]).encode(ClipTokenizer()(["a photo of a tree.", "a photo of a road."]))
+    module.head.set_prototypes(torch.from_numpy(text))
+    logits = module.head.eval()(torch.randn(1, module.in_dim, 4, 5))
+    assert logits.shape == (1, 2, 4, 5)

@@ -24,7 +24,7 @@ from torch import Tensor
 from datus.backbones import Backbone, build_backbone, get_backbone_spec
 from datus.io import plain
 from datus.masks import UNLABELLED, read_mask
-from datus.metrics import ClusterConfusion
+from datus.metrics import ClusterConfusion, check_matching
 from datus.postprocess import upsample_scores
 from datus.refine.features import FeatureCache, FeatureIndex, FeatureSpec, feature_maps
 from datus.refine.head_data import FeatureMaskDataModule, FeatureMasks
@@ -44,7 +44,8 @@ class HeadModule(pl.LightningModule):
     def __init__(self, *, head: dict, num_clusters: int, backbone: dict, resize: dict, features: dict,
                  class_names: list[str] | None = None, optimizer=None, scheduler=None, focal_gamma: float = 0.0,
                  contrastive: float = 0.0, contrastive_patches: int = 1024, contrastive_temperature: float = 0.1,
-                 data: dict | None = None, picture_dir: str | None = None, num_pictures: int = 4) -> None:
+                 data: dict | None = None, picture_dir: str | None = None, num_pictures: int = 4,
+                 matching: str = "hungarian") -> None:
         super().__init__()
         backbone = {k: v for k, v in plain(dict(backbone)).items() if k != "_target_"}
         resize = {k: v for k, v in plain(dict(resize)).items() if k not in ("_target_", "patch_size")}
@@ -55,6 +56,7 @@ class HeadModule(pl.LightningModule):
             "contrastive_patches": int(contrastive_patches), "contrastive_temperature": float(contrastive_temperature),
             "data": plain(dict(data or {})),
             "picture_dir": None if picture_dir is None else str(picture_dir), "num_pictures": int(num_pictures),
+            "matching": check_matching(matching),
         })
         self.spec = FeatureSpec(**self.hparams.features)
         spec = get_backbone_spec(backbone["name"])
@@ -65,7 +67,8 @@ class HeadModule(pl.LightningModule):
             raise ValueError(f"model.contrastive={contrastive}: the contrastive loss needs model.head.name=align_block")
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.class_names = list(self.hparams.class_names)
-        self.val_metric = ClusterConfusion(int(num_clusters), self.class_names) if self.class_names else None
+        self.val_metric = ClusterConfusion(int(num_clusters), self.class_names,
+                                           matching=self.hparams.matching) if self.class_names else None
         self.picture_dir, self.num_pictures = picture_dir, num_pictures
         #: index -> (H, W, 3) uint8 image of the validation split, for the validation pictures
         self.image_of: Callable[[int], np.ndarray] | None = None

@@ -63,6 +63,18 @@ def load_centroids(path: str | Path, in_dim: int) -> tuple[Tensor, Tensor | None
     return centroids, mean
 
 
+def load_text_embeddings(path: str | Path) -> tuple[Tensor, list[str]]:
+    """``(C, E)`` CLIP text embeddings and the class names, from ``method=clip_sam``'s ``text_embeddings.npz``."""
+    path = Path(path)
+    if not path.is_file():
+        raise HeadError(f"model.head.prototypes={path}: no such file (discover.py method=clip_sam writes "
+                        "labeling/text_embeddings.npz)")
+    with np.load(path, allow_pickle=False) as z:
+        if "text_embeddings" not in z.files:
+            raise HeadError(f"model.head.prototypes={path} holds no text_embeddings")
+        return torch.from_numpy(np.asarray(z["text_embeddings"], dtype=np.float32)), [str(n) for n in z["class_names"]]
+
+
 @register_head("linear")
 class LinearHead(nn.Module):
     """A 1x1 convolution (a linear probe per patch), as PriMaPs-EM: cosine logits when started from centroids.
@@ -170,31 +182,55 @@ class AlignBlock(nn.Module):
     saw them, when ``centroids`` is given) into the prototypes' space, plus a residual; logits
     are cosine similarities to the prototypes over ``temperature``. Prototypes start from the
     k-means centroids that discover.py saved (or at random without ``centroids``) and are
-    learnt unless ``fixed_prototypes`` (the open-vocabulary case: text embeddings).
+    learnt unless ``fixed_prototypes``. ``prototypes`` (a ``text_embeddings.npz`` that
+    ``method=clip_sam`` writes) makes it the open-vocabulary module: the prototypes are CLIP's text
+    embeddings of the class names, fixed, and a linear map after the block takes the patches into
+    their space, so at inference any list of names can be segmented (:meth:`set_prototypes`).
     ``embeddings(x)`` gives the aligned patch embeddings for the patch-to-patch contrastive loss.
     """
 
     def __init__(self, *, in_dim: int, num_classes: int, centroids: str | None = None, heads: int = 6,
-                 temperature: float = 0.1, fixed_prototypes: bool = False, dropout: float = 0.0) -> None:
+                 temperature: float = 0.1, fixed_prototypes: bool = False, dropout: float = 0.0,
+                 prototypes: str | None = None) -> None:
         super().__init__()
         if in_dim % heads:
             raise HeadError(f"model.head.heads={heads} must divide the feature dimension {in_dim}")
+        if centroids is not None and prototypes is not None:
+            raise HeadError("model.head.centroids and model.head.prototypes both start the prototypes: set one")
         self.temperature = float(temperature)
         self.register_buffer("mean", torch.zeros(in_dim), persistent=True)
-        prototypes = torch.randn(num_classes, in_dim) * in_dim**-0.5
-        if centroids is not None:
-            prototypes, mean = load_centroids(centroids, in_dim)
-            if len(prototypes) != num_classes:
-                raise HeadError(f"model.head.centroids={centroids} holds {len(prototypes)} centroids but K={num_classes}")
+        prototypes_dim = in_dim
+        if prototypes is not None:
+            text, names = load_text_embeddings(prototypes)
+            if len(text) != num_classes:
+                raise HeadError(f"model.head.prototypes={prototypes} names {len(text)} classes but K={num_classes}")
+            prototypes_dim, fixed_prototypes = text.shape[1], True
+            self.class_names = names
+        #: patches -> the text embeddings' space (open vocabulary); identity otherwise
+        self.to_prototypes = nn.Linear(in_dim, prototypes_dim) if prototypes is not None else nn.Identity()
+        initial = torch.randn(num_classes, in_dim) * in_dim**-0.5
+        if prototypes is not None:
+            initial = text
+        elif centroids is not None:
+            initial, mean = load_centroids(centroids, in_dim)
+            if len(initial) != num_classes:
+                raise HeadError(f"model.head.centroids={centroids} holds {len(initial)} centroids but K={num_classes}")
             if mean is not None:
                 self.mean.copy_(mean)
-        self.prototypes = nn.Parameter(prototypes.clone(), requires_grad=not fixed_prototypes)
+        self.prototypes = nn.Parameter(initial.clone(), requires_grad=not fixed_prototypes)
         self.block = _blocks(in_dim, heads, 1, dropout)
 
     def embeddings(self, x: Tensor) -> Tensor:
         """``(B, h*w, D)`` L2-normalised aligned patch embeddings."""
         tokens = F.normalize(x - self.mean[:, None, None], dim=1).flatten(2).transpose(1, 2)
-        return F.normalize(self.block(tokens), dim=-1)
+        return F.normalize(self.to_prototypes(self.block(tokens)), dim=-1)
+
+    def set_prototypes(self, embeddings: Tensor) -> None:
+        """Segment other classes: ``(C, E)`` text embeddings of any list of names (zero-shot; E fixed)."""
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.prototypes.shape[1]:
+            raise HeadError(f"prototypes of shape {tuple(embeddings.shape)} do not fit this head's "
+                            f"{self.prototypes.shape[1]}-d prototype space")
+        self.prototypes = nn.Parameter(embeddings.float().clone(), requires_grad=False)
 
     def logits_of(self, embeddings: Tensor, grid: tuple[int, int]) -> Tensor:
         logits = embeddings @ F.normalize(self.prototypes, dim=-1).T / self.temperature  # (B, h*w, K)

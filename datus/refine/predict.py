@@ -23,6 +23,7 @@ def write_predictions(
     out_dir: str | Path | None = None,
     crf: DenseCRF | None = None,
     evaluate: bool = True,
+    matching: str = "hungarian",
 ) -> dict[str, Any]:
     """Label every image of ``dataset`` at its original size from ``logits_of(index)`` (``(K, h, w)``).
 
@@ -31,7 +32,8 @@ def write_predictions(
     next round, or evaluate.py, reads them the same way). Returns the metrics against the
     split's ground truth when it has any and ``evaluate``.
     """
-    metric = ClusterConfusion(num_clusters, list(dataset.classes)) if evaluate and dataset.has_masks else None
+    metric = ClusterConfusion(num_clusters, list(dataset.classes), matching=matching) \
+        if evaluate and dataset.has_masks else None
 
     def masks():
         for index in track(range(len(dataset)), description=f"predicting {dataset.split}", transient=True):
@@ -56,4 +58,4 @@ def predict_split(module, dataset: SegmentationDataset, out_dir: str | Path | No
     """:func:`write_predictions` of a trained refinement module (``RefineModule`` or ``HeadModule``)."""
     module = module.to(device).eval()
     return write_predictions(module.logits_source(dataset, cache), dataset, int(module.hparams.num_clusters),
-                             out_dir, crf, evaluate)
+                             out_dir, crf, evaluate, matching=module.hparams.get("matching", "hungarian"))
