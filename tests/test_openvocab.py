@@ -201,6 +201,28 @@ def test_method_clip_sam_runs_end_to_end_on_the_tiny_models_and_resumes(model_fi
     assert json.loads((tmp_path / "again" / "summary.json").read_text())["clip_sam"]["labelled_this_run"] == 0
 
 
+@pytest.mark.slow
+def test_with_only_the_sam_files_the_masks_are_named_by_kmeans_clusters(model_files, tmp_path):
+    import json
+
+    from datus.masks import read_mask
+
+    data = _folder(tmp_path / "data")
+    files = [f"method.sam_encoder={model_files['sam_encoder']}", f"method.sam_decoder={model_files['sam_decoder']}"]
+    _run(tmp_path / "run", [*data, "method=clip_sam", "k=3", *files, "method.sam.points_per_side=4",
+                            "method.sam.pred_iou_thresh=0.5", "method.sam.stability_thresh=0.5", "backbone=tiny_vit",
+                            "backbone.weights=random", "resize.size=64", f"cache_dir={tmp_path / 'c'}"])
+    out = tmp_path / "run"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["backbone"] == "tiny_vit" and summary["labeling"]["mode"] == "sam only"
+    assert json.loads((out / "metrics.json").read_text())["matching"]["method"] == "hungarian"
+    seen = set()
+    for i in range(3):
+        seen |= set(np.unique(read_mask(out / "pseudo_masks" / f"img{i}.png")).tolist())
+    assert seen - {255} <= {0, 1, 2} and len(seen - {255}) >= 2
+    assert (out / "labeling" / "centroids.npz").is_file()
+
+
 @pytest.mark.parametrize(("extra", "message"), [
     ([], r"method=clip_sam needs CLIP and SAM as ONNX files .* use method=datus"),
     (["method.clip_image={missing}", "method.clip_text={missing}", "method.sam_encoder={missing}",

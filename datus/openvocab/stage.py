@@ -70,3 +70,73 @@ def read_labels(dataset, folder: Path):
         if path.is_file():
             labels = read_mask(path)
             yield sample.stem, labels, labels.shape
+
+
+def mask_features(proposals, patch_features: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """``(M, D)``: each mask's mean of the L2-normalised ``(h*w, D)`` patch features, weighted by how much
+    of each patch the mask covers (SAM-only mode: what k-means clusters instead of CLIP's names)."""
+    import torch
+    import torch.nn.functional as F
+
+    if not proposals:
+        return np.zeros((0, patch_features.shape[1]), dtype=np.float32)
+    masks = torch.from_numpy(np.stack([p.mask for p in proposals])).float()[:, None]
+    cover = F.adaptive_avg_pool2d(masks, grid).flatten(1)  # (M, h*w): share of each patch under the mask
+    feats = F.normalize(torch.from_numpy(np.asarray(patch_features, dtype=np.float32)), dim=1)
+    weighted = cover @ feats / cover.sum(dim=1, keepdim=True).clamp_min(1e-6)
+    return F.normalize(weighted, dim=1).numpy()
+
+
+def segment_split(dataset, folder: Path, generator: AutomaticMasks, backbone, feature: str) -> dict[str, Any]:
+    """SAM-only mode: every image's kept masks (``owners/<stem>-<fp>.png``, index of the best mask per pixel,
+    255 none) and their backbone features (``features/<stem>-<fp>.npy``), resumable like :func:`label_split`."""
+    import torch
+    from rich.progress import track
+
+    from datus.openvocab.automatic import paint
+
+    folder = Path(folder)
+    done = lambda s: (folder / "owners" / label_path(folder, s.stem, s.image).name).is_file()  # noqa: E731
+    todo = [i for i, s in enumerate(dataset.samples) if not done(s)]
+    skipped = []
+    for i in track(todo, description=f"SAM on {len(todo)} images", transient=True):
+        sample = dataset.samples[i]
+        try:
+            item = dataset[i]  # resized for the backbone
+            image = dataset.load(i)["image"].permute(1, 2, 0).numpy()
+        except (DatasetError, OSError) as err:
+            skipped.append({"index": i, "stem": sample.stem, "error": str(err)})
+            log.warning("skipped %s: %s", sample.stem, err)
+            continue
+        proposals = generator(image)[:255]
+        with torch.no_grad():
+            out = backbone(backbone.normalize(item["image"][None]))
+        feats = mask_features(proposals, out.features(feature)[0].cpu().numpy(), out.grid)
+        name = label_path(folder, sample.stem, sample.image).name
+        atomic_write(folder / "features" / f"{Path(name).stem}.npy", lambda f, x=feats: np.save(f, x))
+        owners = paint(proposals, image.shape[:2])
+        save_mask(folder / "owners" / name, np.where(owners < 0, 255, owners).astype(np.uint8))
+    return {"images": len(dataset), "segmented_this_run": len(todo) - len(skipped), "skipped": skipped}
+
+
+def cluster_split(dataset, folder: Path, kmeans):
+    """SAM-only mode: k-means over every mask of the split; yields ``(stem, labels, (H, W))`` per image."""
+    from datus.masks import UNLABELLED
+
+    folder = Path(folder)
+    names = [label_path(folder, s.stem, s.image).name for s in dataset.samples]
+    present = [(s, n) for s, n in zip(dataset.samples, names) if (folder / "owners" / n).is_file()]
+    feats = [np.load(folder / "features" / f"{Path(n).stem}.npy") for _, n in present]
+    rows = np.concatenate(feats) if feats else np.zeros((0, 1), dtype=np.float32)
+    if len(rows) < kmeans.k:
+        raise ValueError(f"SAM kept {len(rows)} masks in the whole split, fewer than k={kmeans.k}: lower "
+                         "method.sam.pred_iou_thresh / stability_thresh or k")
+    kmeans.fit(rows.astype(np.float32))
+    labels = kmeans.predict(rows.astype(np.float32))
+    start = 0
+    for (sample, name), f in zip(present, feats):
+        owners = read_mask(folder / "owners" / name)
+        lut = np.full(256, UNLABELLED, dtype=np.uint8)
+        lut[:len(f)] = labels[start:start + len(f)]
+        start += len(f)
+        yield sample.stem, lut[owners], owners.shape
