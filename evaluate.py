@@ -16,9 +16,37 @@ log = logging.getLogger("datus")
 register_resolvers()
 
 
+def _zero_shot(module, settings, dataset) -> int:
+    """Give an open-vocabulary head (model=align_text) the CLIP text embeddings of other class names."""
+    import torch
+
+    from datus.openvocab import ClipTextEncoder, ClipTokenizer, prompts
+
+    if not hasattr(module.head, "set_prototypes") or type(module.head.to_prototypes).__name__ == "Identity":
+        raise EvaluationError(f"zero_shot.names needs a model=align_text checkpoint (CLIP text prototypes); "
+                              f"{cfg_name(module)} has none")
+    names = [str(n) for n in settings.names]
+    texts = prompts(names, list(settings.templates))
+    encoded = ClipTextEncoder(settings.clip_text, setting="zero_shot.clip_text").encode(
+        ClipTokenizer()([t for group in texts for t in group]))
+    per_class = torch.from_numpy(encoded.reshape(len(names), len(texts[0]), -1).mean(axis=1))
+    module.head.set_prototypes(torch.nn.functional.normalize(per_class, dim=1))
+    module.hparams.num_clusters = len(names)
+    if dataset.has_masks and names != list(dataset.classes):
+        log.warning("zero_shot.names %s differ from the dataset's classes %s: with matching=identity label i is "
+                    "scored as the dataset's class i", names, list(dataset.classes))
+    return len(names)
+
+
+def cfg_name(module) -> str:
+    return f"model.head.name={module.hparams.head.get('name')}"
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float:
     check_matching(cfg.matching)
+    if cfg.zero_shot.names and cfg.ckpt is None:
+        raise EvaluationError("zero_shot.names segments new class names with a model=align_text checkpoint: pass ckpt=")
     if (cfg.masks is None) == (cfg.ckpt is None):
         raise EvaluationError("pass exactly one of masks=DIR_OF_PNGS or ckpt=PATH (a train.py checkpoint)")
     masks, k = cfg.masks, cfg.k
@@ -33,6 +61,8 @@ def main(cfg: DictConfig) -> float:
         from datus.refine import load_refiner, predict_split
 
         module = load_refiner(cfg.ckpt)
+        if cfg.zero_shot.names:
+            k = _zero_shot(module, cfg.zero_shot, dataset)
         if k is not None and k != module.hparams.num_clusters:
             raise EvaluationError(f"k={k} but ckpt={cfg.ckpt} predicts K={module.hparams.num_clusters} clusters "
                                   "(a checkpoint's K is fixed): drop k= or pass a checkpoint trained with that K")

@@ -285,3 +285,38 @@ def test_the_alignment_module_learns_the_clip_sam_labels_on_frozen_features_and_
     module.head.set_prototypes(torch.from_numpy(text))
     logits = module.head.eval()(torch.randn(1, module.in_dim, 4, 5))
     assert logits.shape == (1, 2, 4, 5)
+    # and from the command line: evaluate.py segments val with three other names, scored by identity
+    import json
+
+    from tests.test_bad_input import _load_entry_point
+
+    out = tmp_path / "zero_shot"
+    cfg = compose_config("evaluate", [*[d for d in data if not d.startswith("dataset.split")], "dataset.split=val",
+                                      f"ckpt={entry['best_checkpoint']}", "matching=identity", "logger=none",
+                                      "zero_shot.names=[shadow,stone,light]",
+                                      f"zero_shot.clip_text={model_files['clip_text']}", f"cache_dir={tmp_path / 'c'}",
+                                      "trainer.enable_progress_bar=false"], out)
+    try:
+        _load_entry_point("evaluate").main(cfg)
+    finally:
+        GlobalHydra.instance().clear()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["matching"]["method"] == "identity" and metrics["num_clusters"] == 3
+    assert len(list((out / "pseudo_masks").glob("*.png"))) == 2
+
+
+def test_zero_shot_names_without_an_open_vocabulary_checkpoint_are_refused(tmp_path):
+    from hydra.core.global_hydra import GlobalHydra
+
+    from datus.evaluation import EvaluationError
+    from tests.conftest import compose_config
+    from tests.test_bad_input import _load_entry_point
+
+    data = _folder(tmp_path / "data")
+    cfg = compose_config("evaluate", [*data, f"masks={tmp_path}", "logger=none", "zero_shot.names=[a,b,c]"],
+                         tmp_path / "out")
+    try:
+        with pytest.raises(EvaluationError, match=r"zero_shot.names .* model=align_text checkpoint: pass ckpt="):
+            _load_entry_point("evaluate").main(cfg)
+    finally:
+        GlobalHydra.instance().clear()
