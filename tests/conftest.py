@@ -56,6 +56,17 @@ def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> 
     return cfg
 
 
+def run_discover(out: Path, overrides: list[str]):
+    """``discover.py``'s ``main`` on the composed config (quiet: no logger, no progress bar); its result."""
+    from tests.test_bad_input import _load_entry_point
+
+    cfg = compose_config("discover", ["logger=none", "trainer.enable_progress_bar=false", *overrides], out)
+    try:
+        return _load_entry_point("discover").main(cfg)
+    finally:
+        GlobalHydra.instance().clear()
+
+
 @pytest.fixture
 def cfg_discover(tmp_path, cache_dir) -> DictConfig:
     """discover.yaml shrunk for CPU tests: tiny random ViT, demo photos, small resize."""

@@ -160,16 +160,9 @@ def _folder(root, split="val", photos=range(3)):
 
 
 def _run(out, overrides):
-    from hydra.core.global_hydra import GlobalHydra
+    from tests.conftest import run_discover
 
-    from tests.conftest import compose_config
-    from tests.test_bad_input import _load_entry_point
-
-    cfg = compose_config("discover", ["logger=none", "trainer.enable_progress_bar=false", *overrides], out)
-    try:
-        return _load_entry_point("discover").main(cfg)
-    finally:
-        GlobalHydra.instance().clear()
+    return run_discover(out, overrides)
 
 
 @pytest.mark.slow

@@ -149,13 +149,9 @@ def _folder_dataset(root: Path, split: str = "val") -> list[tuple[str, tuple[int
 
 
 def _discover(out: Path, overrides: list[str]):
-    from tests.test_bad_input import _load_entry_point
+    from tests.conftest import run_discover
 
-    cfg = compose_config("discover", ["logger=none", "trainer.enable_progress_bar=false", *overrides], out)
-    try:
-        return _load_entry_point("discover").main(cfg)
-    finally:
-        GlobalHydra.instance().clear()
+    return run_discover(out, overrides)
 
 
 @pytest.mark.slow
