@@ -115,15 +115,17 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
     path = Path(path)
     with named_write_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_owner()}.", suffix=TMP_SUFFIX)
-        try:
+        tmp = None
+        try:  # from before the file exists: a SIGTERM (Terminated) right after mkstemp still cleans up
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_owner()}.", suffix=TMP_SUFFIX)
             with os.fdopen(fd, "wb") as f:
                 yield f
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
             raise
 
 
