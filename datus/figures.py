@@ -44,8 +44,9 @@ def colorize(labels: np.ndarray, invalid: int | None = None) -> np.ndarray:
     return out
 
 
-def decomposition_figure(image: np.ndarray, dec, title: str = ""):
-    """Matplotlib figure: photo | communities | valid segments (invalid ones dark grey)."""
+def decomposition_figure(image: np.ndarray, dec, title: str = "", mask: np.ndarray | None = None, k: int | None = None):
+    """Matplotlib figure: photo | communities | valid segments (invalid ones dark grey) | and, when
+    given, the final pseudo ``mask`` (``k`` cluster colours, unlabelled black) at the image's size."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -59,8 +60,12 @@ def decomposition_figure(image: np.ndarray, dec, title: str = ""):
         (upsample_nearest(colorize(segments, invalid=-1), size),
          f"{dec.num_valid} valid of {dec.segment_valid.size} segments"),
     ]
+    if mask is not None:
+        colors = np.vstack([palette(k or int(mask[mask != UNLABELLED].max(initial=0)) + 1), np.zeros((1, 3))])
+        shown = np.where(mask == UNLABELLED, len(colors) - 1, mask)
+        panels.append((upsample_nearest(colors[shown].astype(np.uint8), size), "pseudo mask"))
     aspect = size[0] / size[1]
-    fig, axes = plt.subplots(1, 3, figsize=(10, 10 / 3 * aspect + 0.5))
+    fig, axes = plt.subplots(1, len(panels), figsize=(10 / 3 * len(panels), 10 / 3 * aspect + 0.5))
     for ax, (picture, name) in zip(axes, panels):
         ax.imshow(picture)
         ax.set_title(name, fontsize=9)

@@ -154,7 +154,9 @@ class Datus(Method):
         return summary
 
     def label(self, job: Job, scores_to_mask: ScoresToMask | None) -> dict[str, Any]:
-        return job.labeler.label_segments(job.backbone, job.segments(), job.work, job.out_dir, scores_to_mask)
+        summary = job.labeler.label_segments(job.backbone, job.segments(), job.work, job.out_dir, scores_to_mask)
+        _pictures_with_masks(job)
+        return summary
 
 
 class KMeansPatches(Method):
@@ -360,6 +362,30 @@ class ClipSam(Method):
         atomic_write(job.out_dir / "labeling" / "text_embeddings.npz", lambda f: f.write(buffer.getvalue()))
         return {"method": self.name, "k": job.labeler.k, "class_names": self._namer.class_names,
                 "coverage": written["coverage"], "cluster_pixels": written["cluster_pixels"]}
+
+
+def _pictures_with_masks(job: Job) -> None:
+    """Redraw the run's decomposition pictures with the final pseudo mask beside them (photo |
+    communities | valid segments | pseudo mask): the product's output belongs in the picture."""
+    from datus.discovery.store import SegmentLookup
+    from datus.figures import decomposition_figure
+    from datus.io import save_figure
+    from datus.masks import read_mask, upsample_nearest
+
+    pictures = sorted((job.out_dir / "pictures").glob("*.png"))
+    if not pictures:
+        return
+    dataset = job.loop.dataset
+    index_of = {s.stem: i for i, s in enumerate(dataset.samples)}
+    lookup = SegmentLookup(job.segments())
+    for picture in pictures:
+        index, mask_path = index_of.get(picture.stem), job.out_dir / "pseudo_masks" / picture.name
+        if index is None or index not in lookup or not mask_path.is_file():
+            continue
+        image = dataset[index]["image"].permute(1, 2, 0).numpy()
+        mask = upsample_nearest(read_mask(mask_path), image.shape[:2])
+        fig = decomposition_figure(image, lookup[index].decomposition, picture.stem, mask=mask, k=job.labeler.k)
+        save_figure(picture, fig)
 
 
 def _check_complete(segments: SegmentStore, dataset) -> None:

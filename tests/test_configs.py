@@ -126,6 +126,17 @@ def test_discover_default_command_runs_offline_with_the_packaged_dinov2(tmp_path
     assert summary["per_image"]["valid_segments"] >= 3
     assert len(list((out / "pictures").glob("*.png"))) == 5
     assert "pictures: " in proc.stderr + proc.stdout
+    # a quiet first run: no library noise (faiss's loader, Lightning's own deprecation, faiss's k-means
+    # warning on a tiny split: said once in our log instead), only our lines and the progress bar
+    output = proc.stderr + proc.stdout
+    for noise in ("swigfaiss", "LeafSpec", "WARNING clustering", "TPU available", "Could not load library"):
+        assert noise not in output, noise
+    assert "the clusters rest on few points" in (out / "discover.log").read_text()
+    # the pictures end with the product's output: photo | communities | valid segments | pseudo mask
+    from PIL import Image
+
+    width, height = Image.open(out / "pictures" / "chelsea.png").size
+    assert width > 4.2 * height  # four panels of a 451x300 photo side by side (three gave 3.7)
 
 
 @pytest.mark.parametrize("what", ["attention", "features"])

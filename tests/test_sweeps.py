@@ -45,13 +45,13 @@ def mixed_root(tmp_path_factory):
     return data_dir
 
 
-def _multirun(sweep, *args, cache=None):
+def _multirun(sweep, *args, cache=None, env=None):
     cache = cache or sweep.parent / "cache"
     proc = subprocess.run(
         [sys.executable, "discover.py", "-m", "backbone=tiny_vit", "resize.size=64", "logger=csv",
          "num_pictures=1", "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep}",
          f"paths.cache_dir={cache}", *args],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1500,
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1500, env=env,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
@@ -99,9 +99,12 @@ def _jobs(sweep):
 
 
 def test_wandb_offline_one_run_per_job_grouped_by_sweep(tmp_path, mixed_root):
+    import os
+
     sweep = tmp_path / "wb_sweep"
+    env = {**os.environ, "WANDB_MODE": "offline"}  # whatever the user's shell says (disabled would write nothing)
     _multirun(sweep, "logger=wandb", "dataset=camvid", f"paths.data_dir={mixed_root}", "dataset.split=val",
-              "k=2,3")
+              "k=2,3", env=env)
     runs = []
     for job in _jobs(sweep):
         found = list((job / "wandb").glob("offline-run-*/run-*.wandb"))

@@ -15,10 +15,11 @@ from omegaconf import DictConfig, OmegaConf
 
 
 class _DropAdvertising(logging.Filter):
-    """Lightning's "💡 Tip: try installing ..." lines say nothing about the run."""
+    """Lightning's "💡 Tip: try installing ..." lines and its accelerators this machine cannot have
+    (TPU, HPU, IPU) say nothing about the run; "GPU available" stays."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
+        return not str(record.msg).startswith(("💡 Tip", "TPU available", "HPU available", "IPU available"))
 
 
 
@@ -96,3 +97,13 @@ def register_resolvers() -> None:
     rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
     if not any(isinstance(f, _DropAdvertising) for f in rank_zero.filters):
         rank_zero.addFilter(_DropAdvertising())
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """No library noise in a run's output: faiss's loader reports each CPU build it could not load
+    (AVX512, AVX2: expected, it falls back), Lightning warns about its own use of a torch API."""
+    import warnings
+
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")

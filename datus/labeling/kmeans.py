@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import math
 import numbers
 from pathlib import Path
@@ -10,6 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from datus.io import atomic_write
+
+log = logging.getLogger(__name__)
+
+#: faiss warns (on stderr) below this many points per cluster; we say it once in the log instead
+FEW_POINTS_PER_CLUSTER = 39
 
 
 def _whole(setting: str, value: object, minimum: int, hint: str = "") -> int:
@@ -122,9 +128,13 @@ class KMeans:
         self._fit_pca(x)
         x = self.transform(x)
         per_centroid = self.max_points_per_centroid or math.ceil(len(x) / fine) + 1
+        if len(x) < FEW_POINTS_PER_CLUSTER * fine:  # said once, in our words (faiss would print it to stderr)
+            log.info("k-means: %d points for %d clusters (fewer than %d each, as on a few demo images): the "
+                     "clusters rest on few points", len(x), fine, FEW_POINTS_PER_CLUSTER)
         km = faiss.Kmeans(
             x.shape[1], fine, niter=self.niter, nredo=self.nredo, seed=self.seed,
             spherical=self.spherical, max_points_per_centroid=per_centroid,
+            min_points_per_centroid=1,  # only silences faiss's stderr warning: the clustering is the same
             gpu=self._use_gpu(), verbose=False,
         )
         km.train(x, weights=None if weights is None else np.ascontiguousarray(weights, dtype=np.float32))
