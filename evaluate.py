@@ -20,26 +20,19 @@ def _zero_shot(module, settings, dataset) -> int:
     """Give an open-vocabulary head (model=align_text) the CLIP text embeddings of other class names."""
     import torch
 
-    from datus.openvocab import ClipTextEncoder, ClipTokenizer, prompts
+    from datus.openvocab import ClipTextEncoder, class_embeddings
 
-    if not hasattr(module.head, "set_prototypes") or type(module.head.to_prototypes).__name__ == "Identity":
+    if not getattr(module.head, "open_vocabulary", False):
         raise EvaluationError(f"zero_shot.names needs a model=align_text checkpoint (CLIP text prototypes); "
-                              f"{cfg_name(module)} has none")
+                              f"model.head.name={module.hparams.head.get('name')} has none")
     names = [str(n) for n in settings.names]
-    texts = prompts(names, list(settings.templates))
-    encoded = ClipTextEncoder(settings.clip_text, setting="zero_shot.clip_text").encode(
-        ClipTokenizer()([t for group in texts for t in group]))
-    per_class = torch.from_numpy(encoded.reshape(len(names), len(texts[0]), -1).mean(axis=1))
-    module.head.set_prototypes(torch.nn.functional.normalize(per_class, dim=1))
+    text = ClipTextEncoder(settings.clip_text, setting="zero_shot.clip_text")
+    module.head.set_prototypes(torch.from_numpy(class_embeddings(text, names, list(settings.templates))))
     module.hparams.num_clusters = len(names)
     if dataset.has_masks and names != list(dataset.classes):
         log.warning("zero_shot.names %s differ from the dataset's classes %s: with matching=identity label i is "
                     "scored as the dataset's class i", names, list(dataset.classes))
     return len(names)
-
-
-def cfg_name(module) -> str:
-    return f"model.head.name={module.hparams.head.get('name')}"
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")

@@ -142,6 +142,14 @@ def write_json(path: str | Path, data: Any) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def file_digest(path: str | Path) -> str:
+    """A short sha256 of a file's bytes: what a cache keys on when a trained file (a feature head, a
+    W-Net) decides what is computed from it, so a retrained file never reuses the old results."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
 def load_json(path: str | Path) -> Any:
     """Read a JSON file."""
     return json.loads(Path(path).read_text())

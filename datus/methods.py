@@ -60,7 +60,6 @@ class Job:
     #: the split's files now (:func:`datus.shards.dataset_manifest`): stores match records by it
     manifest: Manifest | None = None
 
-
     def segments(self) -> SegmentStore:
         return SegmentStore(self.work / "segments", manifest=self.manifest)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -140,6 +140,29 @@ def job_lock(path: str | Path, what: str) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def make_once(path: Path, settings: dict[str, Any], what: str, make: Callable[[], None]) -> bool:
+    """Have ``make()`` write ``path`` (a trained file of a cache folder) unless it exists; True if this call made it.
+
+    Under the folder's lock, checked again once held (another job may have made it meanwhile): a
+    killed maker's temporaries are removed and the folder's ``config.json`` records ``settings``
+    first, then ``make`` runs (resuming from whatever checkpoints it keeps in the folder).
+    """
+    from datus.io import remove_stale_temporaries
+
+    path = Path(path)
+    if path.is_file():
+        log.info("%s reused: %s", what, path)
+        return False
+    with job_lock(path.parent / ".lock", f"{what} in {path.parent}"):
+        if path.is_file():
+            log.info("%s reused: %s", what, path)
+            return False
+        remove_stale_temporaries(path.parent)
+        write_json(path.parent / "config.json", settings)
+        make()
+    return True
 
 
 def shard_range(n: int, index: int, count: int) -> range:

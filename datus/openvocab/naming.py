@@ -19,7 +19,17 @@ from datus.openvocab.automatic import MaskProposal, paint
 from datus.openvocab.models import ClipImageEncoder, ClipTextEncoder
 from datus.openvocab.tokenizer import DEFAULT_TEMPLATES, ClipTokenizer, prompts
 
-__all__ = ["ClipNamer", "mask_crop"]
+__all__ = ["ClipNamer", "class_embeddings", "mask_crop"]
+
+
+def class_embeddings(text_encoder: ClipTextEncoder, names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES,
+                     tokenizer: ClipTokenizer | None = None) -> np.ndarray:
+    """``(C, D)`` L2-normalised class embeddings: the mean of each name's prompt embeddings (CLIP's
+    prompt ensembling). What CLIP names masks with, and an open-vocabulary head's prototypes."""
+    texts = prompts(names, templates)
+    flat = text_encoder.encode((tokenizer or ClipTokenizer())([t for group in texts for t in group]))
+    per_class = flat.reshape(len(texts), len(texts[0]), -1).mean(axis=1)
+    return per_class / np.linalg.norm(per_class, axis=1, keepdims=True).clip(1e-12)
 
 
 def mask_crop(image: np.ndarray, mask: np.ndarray, margin: float = 0.1) -> np.ndarray:
@@ -51,12 +61,8 @@ class ClipNamer:
             raise ValueError(f"{len(class_names)} class names: masks hold at most 255 classes")
         self.image_encoder, self.class_names = image_encoder, list(class_names)
         self.temperature, self.min_confidence = float(temperature), float(min_confidence)
-        tokenizer = tokenizer or ClipTokenizer()
-        texts = prompts(self.class_names, templates)
-        flat = text_encoder.encode(tokenizer([t for group in texts for t in group]))
-        per_class = flat.reshape(len(texts), len(texts[0]), -1).mean(axis=1)
         #: ``(C, D)`` L2-normalised class embeddings (what the alignment module takes as prototypes)
-        self.text_embeddings = per_class / np.linalg.norm(per_class, axis=1, keepdims=True).clip(1e-12)
+        self.text_embeddings = class_embeddings(text_encoder, self.class_names, templates, tokenizer)
 
     def scores(self, crops: list[np.ndarray]) -> np.ndarray:
         """``(N, C)`` softmax over the classes of each crop."""

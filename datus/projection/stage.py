@@ -22,7 +22,7 @@ import torch
 
 from datus.backbones import Backbone
 from datus.backbones.projected import ProjectedBackbone, ProjectionHead
-from datus.io import atomic_write, remove_stale_temporaries, write_json
+from datus.io import atomic_write, file_digest
 from datus.projection.data import PairedPatches, nearest_images, split_mean
 from datus.projection.loss import CorrelationLoss
 from datus.projection.module import ProjectionModule
@@ -37,13 +37,6 @@ HEAD_FORMAT = 1
 #: Version of the training itself, part of the cache key: a fix to how heads are trained must not
 #: reuse heads trained before it (2: the loss correlates centred features).
 TRAINING_VERSION = 2
-
-
-def file_digest(path: str | Path) -> str:
-    """sha256 of a head file: what the discovery cache keys the codes by (another head, other segments)."""
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 class HeadFileError(ValueError):
@@ -144,7 +137,7 @@ class Projection:
                cache: FeatureCache) -> ProjectedBackbone:
         """``backbone`` with the head trained on ``dataset``'s frozen features (or loaded from the cache);
         the head is kept beside the feature maps, in ``cache``'s ``projection/<hash>`` folder."""
-        from datus.runs import job_lock
+        from datus.runs import make_once
 
         in_dim = self.features.dim(backbone)
         if self.checkpoint is not None:
@@ -156,20 +149,15 @@ class Projection:
                     "head": self.settings()}
         folder = cache.folder(settings, kind="projection")
         path = folder / "head.pt"
-        trained = False
-        if not path.is_file():
-            with job_lock(folder / ".lock", f"the projection head in {folder}"):
-                if not path.is_file():
-                    remove_stale_temporaries(folder)
-                    write_json(folder / "config.json", settings)
-                    start = time.monotonic()
-                    head = self._train(backbone, dataset, folder, in_dim=in_dim, backbone_settings=backbone_settings,
-                                       resize=resize, cache=cache)
-                    save_head(path, head, {"backbone": backbone.name, "features": list(self.features.names),
-                                           "settings": self.settings(), "seconds": time.monotonic() - start})
-                    trained = True
-        if not trained:
-            log.info("projection head reused: %s", path)
+
+        def train() -> None:
+            start = time.monotonic()
+            head = self._train(backbone, dataset, folder, in_dim=in_dim, backbone_settings=backbone_settings,
+                               resize=resize, cache=cache)
+            save_head(path, head, {"backbone": backbone.name, "features": list(self.features.names),
+                                   "settings": self.settings(), "seconds": time.monotonic() - start})
+
+        trained = make_once(path, settings, "the projection head", train)
         head, meta = load_head(path, backbone=backbone.name, in_dim=in_dim, setting="the cached head")
         #: what the run's summary says of the head (its file, whether this run trained it, how long that took)
         self.report = {"name": self.name, "path": str(path), "digest": file_digest(path), "trained_this_run": trained,
@@ -178,12 +166,9 @@ class Projection:
 
     def _train(self, backbone: Backbone, dataset, folder: Path, *, in_dim: int, backbone_settings: dict, resize,
                cache: FeatureCache) -> ProjectionHead:
-        from pytorch_lightning.callbacks import ModelCheckpoint
-        from pytorch_lightning.loggers import CSVLogger
         from torch.utils.data import DataLoader
 
-        from datus.refine.callbacks import RandomStateCheckpoint
-        from datus.refine.checkpoint_io import AtomicCheckpointIO
+        from datus.refine.callbacks import folder_trainer
 
         index = cache.index(dataset, backbone=lambda: backbone, backbone_settings=backbone_settings, resize=resize,
                             spec=self.features)
@@ -196,18 +181,12 @@ class Projection:
         module = ProjectionModule(head, self.loss, lr=self.lr)
         loader = DataLoader(PairedPatches(index, indices, neighbours, self.samples),
                             batch_size=min(self.batch_size, len(indices)), shuffle=True, drop_last=True)
-        last = folder / "checkpoints" / "last.ckpt"
-        trainer = pl.Trainer(
-            max_steps=self.steps, max_epochs=-1, accelerator=self.accelerator, devices=1, deterministic=True,
-            logger=CSVLogger(folder, name="log", version=""), enable_model_summary=False, log_every_n_steps=10,
-            callbacks=[ModelCheckpoint(dirpath=folder / "checkpoints", save_last=True, save_top_k=0,
-                                       every_n_train_steps=self.checkpoint_every),
-                       RandomStateCheckpoint()],
-            plugins=[AtomicCheckpointIO()],
-        )
+        trainer, resume = folder_trainer(folder, accelerator=self.accelerator,
+                                         checkpoint_every={"every_n_train_steps": self.checkpoint_every},
+                                         max_steps=self.steps, max_epochs=-1, log_every_n_steps=10)
         log.info("training the projection head: %d images, %d steps of %d (%s)", len(indices), self.steps,
                  loader.batch_size, folder)
-        trainer.fit(module, loader, ckpt_path=str(last) if last.is_file() else None)
+        trainer.fit(module, loader, ckpt_path=resume)
         return copy.deepcopy(module.head).cpu().eval()
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -84,3 +86,29 @@ class RandomStateCheckpoint(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._loaded = None
+
+
+def folder_trainer(folder: Path, *, accelerator: str, checkpoint_every: dict[str, int], callbacks: Sequence = (),
+                   **trainer_kwargs) -> tuple[pl.Trainer, str | None]:
+    """A one-device trainer whose whole training lives in ``folder`` and the checkpoint to resume from.
+
+    What the cached trainings (the feature head, the W-Net) share: a CSV log in ``folder/log``,
+    ``folder/checkpoints/last.ckpt`` saved as ``checkpoint_every`` says (``every_n_train_steps`` or
+    ``every_n_epochs``), written atomically and carrying the random state, so a killed training
+    resumes to the same weights. ``trainer_kwargs`` go to :class:`pl.Trainer` (the schedule, ...).
+    """
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger
+
+    from datus.refine.checkpoint_io import AtomicCheckpointIO
+
+    folder = Path(folder)
+    last = folder / "checkpoints" / "last.ckpt"
+    trainer = pl.Trainer(
+        accelerator=accelerator, devices=1, deterministic=True, logger=CSVLogger(folder, name="log", version=""),
+        enable_model_summary=False,
+        callbacks=[ModelCheckpoint(dirpath=folder / "checkpoints", save_last=True, save_top_k=0, **checkpoint_every),
+                   RandomStateCheckpoint(), *callbacks],
+        plugins=[AtomicCheckpointIO()], **trainer_kwargs,
+    )
+    return trainer, str(last) if last.is_file() else None

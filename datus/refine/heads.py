@@ -225,6 +225,11 @@ class AlignBlock(nn.Module):
         tokens = F.normalize(x - self.mean[:, None, None], dim=1).flatten(2).transpose(1, 2)
         return F.normalize(self.to_prototypes(self.block(tokens)), dim=-1)
 
+    @property
+    def open_vocabulary(self) -> bool:
+        """Whether the prototypes are text embeddings (built with ``prototypes``): any names can be set."""
+        return isinstance(self.to_prototypes, nn.Linear)
+
     def set_prototypes(self, embeddings: Tensor) -> None:
         """Segment other classes: ``(C, E)`` text embeddings of any list of names (zero-shot; E fixed)."""
         if embeddings.ndim != 2 or embeddings.shape[1] != self.prototypes.shape[1]:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from datus.discovery import Decomposition, SceneDecomposer
+from datus.io import file_digest
 from datus.wnet.data import resize_image
 from datus.wnet.stage import WNetTraining
 
@@ -46,8 +45,7 @@ class WNetDecomposer(SceneDecomposer):
 
     def prepare(self, dataset, *, cache_root, k: int) -> dict[str, Any]:
         self.model = self.wnet.prepare(dataset, cache_root=cache_root, k=k)
-        path = Path(self.wnet.report["path"])
-        self._digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        self._digest = file_digest(self.wnet.report["path"])
         return {"wnet": self.wnet.summary()}
 
     def cache_key(self) -> dict:

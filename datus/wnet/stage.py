@@ -20,10 +20,10 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from datus.io import atomic_write, remove_stale_temporaries, write_json
+from datus.io import atomic_write
 from datus.masks import check_k
 from datus.refine.features import dataset_identity
-from datus.runs import cache_entry, job_lock
+from datus.runs import cache_entry, make_once
 from datus.wnet.data import ImageBank
 from datus.wnet.model import WNet
 from datus.wnet.module import WNetModule
@@ -99,7 +99,8 @@ class WNetTraining:
         self.name, self.widths, self.dropout = str(name), [int(w) for w in widths], float(dropout)
         self.input_size = tuple(int(s) for s in input_size)
         self.epochs, self.batch_size, self.lr = int(epochs), int(batch_size), float(lr)
-        self.ncut = dict(ncut or {})
+        #: the soft N-cut, built (and its settings checked) now, not after the images are decoded
+        self.ncut = SoftNCut(**dict(ncut or {}))
         self.ncut_weight, self.seed, self.pictures = float(ncut_weight), int(seed), int(pictures)
         self.accelerator, self.train_split, self.checkpoint = str(accelerator), train_split, checkpoint
         stride = 2 ** (len(self.widths) - 1)
@@ -118,7 +119,6 @@ class WNetTraining:
             raise ValueError(f"wnet.dropout={self.dropout} must be in [0, 1)")
         if self.lr <= 0:
             raise ValueError(f"wnet.lr={self.lr} must be > 0")
-        SoftNCut(**self.ncut)  # its settings are checked now, not after the images are decoded
         self.report: dict[str, Any] = {}
 
     @property
@@ -129,12 +129,9 @@ class WNetTraining:
         """What changes the trained W-Net (with the training split's files and K: the cache key)."""
         return {"training_version": TRAINING_VERSION, "widths": self.widths, "dropout": self.dropout,
                 "input_size": list(self.input_size), "epochs": self.epochs, "batch_size": self.batch_size,
-                "lr": self.lr, "ncut": self.ncut_settings(), "ncut_weight": self.ncut_weight,
-                "seed": self.seed}
-
-    def ncut_settings(self) -> dict[str, float]:
-        loss = SoftNCut(**self.ncut)
-        return {"radius": loss.radius, "sigma_i": loss.sigma_i, "sigma_x": loss.sigma_x}
+                "lr": self.lr, "ncut": {"radius": self.ncut.radius, "sigma_i": self.ncut.sigma_i,
+                                        "sigma_x": self.ncut.sigma_x},
+                "ncut_weight": self.ncut_weight, "seed": self.seed}
 
     @property
     def device(self) -> str:
@@ -193,22 +190,18 @@ class WNetTraining:
         train_set = self.training_set(dataset)
         settings = {"dataset": dataset_identity(train_set), "wnet": self.settings(), "k": int(k)}
         folder = cache_entry(cache_root, "wnet", settings)
-        path, trained = folder / "wnet.pt", False
-        if not path.is_file():
-            with job_lock(folder / ".lock", f"the W-Net in {folder}"):
-                if not path.is_file():
-                    remove_stale_temporaries(folder)
-                    write_json(folder / "config.json", settings)
-                    start = time.monotonic()
-                    bank = self.bank(train_set, cache_root)
-                    module = self._train(bank, folder, k)
-                    save_wnet(path, copy.deepcopy(module.model).cpu(),
-                              {"settings": settings, "seconds": time.monotonic() - start, "history": module.history,
-                               "images": len(bank), "skipped": bank.skipped})
-                    trained = True
+        path = folder / "wnet.pt"
+
+        def train() -> None:
+            start = time.monotonic()
+            bank = self.bank(train_set, cache_root)
+            module = self._train(bank, folder, k)
+            save_wnet(path, copy.deepcopy(module.model).cpu(),
+                      {"settings": settings, "seconds": time.monotonic() - start, "history": module.history,
+                       "images": len(bank), "skipped": bank.skipped})
+
+        trained = make_once(path, settings, "the W-Net", train)
         model, meta = load_wnet(path, k=k, setting="the cached W-Net")
-        if not trained:
-            log.info("W-Net reused: %s", path)
         #: what a run's summary says of the W-Net
         self.report = {"path": str(path), "trained_this_run": trained, "training_seconds": meta.get("seconds"),
                        "training_images": meta.get("images"), "history": meta.get("history", []),
@@ -216,34 +209,25 @@ class WNetTraining:
         return model
 
     def _train(self, bank: ImageBank, folder: Path, k: int) -> WNetModule:
-        from pytorch_lightning.callbacks import ModelCheckpoint
-        from pytorch_lightning.loggers import CSVLogger
         from torch.utils.data import DataLoader
 
-        from datus.refine.callbacks import RandomStateCheckpoint
-        from datus.refine.checkpoint_io import AtomicCheckpointIO
+        from datus.refine.callbacks import folder_trainer
         from datus.wnet.callbacks import WNetPictures
 
         if len(bank) < 2:
             raise ValueError(f"a W-Net needs at least 2 readable images to train on, the split has {len(bank)}")
         pl.seed_everything(self.seed, workers=True, verbose=False)
         model = WNet(k=k, widths=self.widths, dropout=self.dropout)
-        module = WNetModule(model, SoftNCut(**self.ncut), lr=self.lr, ncut_weight=self.ncut_weight)
+        module = WNetModule(model, self.ncut, lr=self.lr, ncut_weight=self.ncut_weight)
         loader = DataLoader(bank, batch_size=min(self.batch_size, len(bank)), shuffle=True, drop_last=True)
-        last = folder / "checkpoints" / "last.ckpt"
-        trainer = pl.Trainer(
-            max_epochs=self.epochs, accelerator=self.accelerator, devices=1, deterministic=True,
-            logger=CSVLogger(folder, name="log", version=""), enable_model_summary=False,
-            log_every_n_steps=max(1, min(10, len(loader))),
-            callbacks=[ModelCheckpoint(dirpath=folder / "checkpoints", save_last=True, save_top_k=0,
-                                       every_n_epochs=1, save_on_train_epoch_end=True),
-                       RandomStateCheckpoint(),
-                       WNetPictures(bank, folder / "pictures", count=self.pictures)],
-            plugins=[AtomicCheckpointIO()],
-        )
+        trainer, resume = folder_trainer(
+            folder, accelerator=self.accelerator,
+            checkpoint_every={"every_n_epochs": 1, "save_on_train_epoch_end": True},
+            callbacks=[WNetPictures(bank, folder / "pictures", count=self.pictures)],
+            max_epochs=self.epochs, log_every_n_steps=max(1, min(10, len(loader))))
         log.info("training the W-Net (%s): %d images at %dx%d, %d epochs of %d batches (%s)", self.name, len(bank),
                  self.input_size[1], self.input_size[0], self.epochs, len(loader), folder)
-        trainer.fit(module, loader, ckpt_path=str(last) if last.is_file() else None)
+        trainer.fit(module, loader, ckpt_path=resume)
         return module
 
 
