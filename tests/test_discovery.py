@@ -29,6 +29,7 @@ from datus.discovery import (
     run_discovery,
     valid_regions,
 )
+from datus.discovery.community import DENSE_BUILD
 from datus.transforms import ResizeForBackbone
 from tests.conftest import PROJECT_ROOT
 
@@ -146,6 +147,19 @@ def test_higher_resolution_gives_more_communities():
     graph = Affinity(kind="cosine", debias="center", knn=10).graph(feats)
     counts = [Louvain("igraph", resolution=r)(graph).max() + 1 for r in (0.2, 1.0, 5.0)]
     assert counts[0] <= counts[1] <= counts[2] and counts[0] < counts[2]
+
+
+@pytest.mark.parametrize("backend", ["igraph", "leiden"])
+@pytest.mark.parametrize("kind", ["binary", "cosine"])
+def test_dense_graphs_built_from_their_matrix_give_the_edge_lists_communities(backend, kind):
+    """Dense graphs go to igraph as one matrix (fast), sparse ones as edge lists: same communities."""
+    feats, _ = _patch_colours(1, grid=16)
+    graph = Affinity(kind=kind, debias="center")(feats)
+    dense = PatchGraph.from_dense(graph)
+    assert dense.matrix is not None and dense.density > DENSE_BUILD and dense.binary == (kind == "binary")
+    edge_list = PatchGraph(dense.num_nodes, dense.edges, dense.weights)
+    for seed in (0, 1):
+        assert np.array_equal(Louvain(backend, seed=seed)(dense), Louvain(backend, seed=seed)(edge_list))
 
 
 def test_graph_without_edges_gives_singletons():
@@ -353,3 +367,21 @@ def test_backends_agree_in_modularity_on_dinov2_patch_graphs(packaged_dinov2, ca
         graph = Affinity(kind="cosine", debias="center", knn=10).graph(out.keys[0])
         reference = modularity(graph, Louvain("python-louvain")(graph))
         assert modularity(graph, Louvain("igraph")(graph)) >= 0.98 * reference
+
+
+@pytest.mark.slow
+def test_paper_graph_communities_as_good_as_the_authors_library(packaged_dinov2, camvid_root):
+    """experiment=datus_paper's dense binary 224 px graphs: igraph (its default backend) reaches
+    python-louvain's modularity (the authors' library) within 1%, and builds them from the matrix."""
+    from datus.data import CamVid
+
+    data = CamVid(camvid_root, "val", transform=ResizeForBackbone(224, 14, mode="square"))
+    affinity = Affinity(kind="binary", debias="remove_key_bias")
+    ours, reference = [], []
+    for index in (0, 30, 60, 90):
+        out = packaged_dinov2(packaged_dinov2.normalize(data[index]["image"][None]))
+        graph = affinity.graph(out.keys[0], packaged_dinov2.key_bias())
+        assert graph.num_nodes == 256 and graph.density > DENSE_BUILD and graph.binary
+        ours.append(modularity(graph, Louvain("igraph")(graph)))
+        reference.append(modularity(graph, Louvain("python-louvain")(graph)))
+    assert np.mean(ours) >= 0.99 * np.mean(reference), (ours, reference)

@@ -107,18 +107,34 @@ class Affinity:
 
 @dataclass
 class PatchGraph:
-    """An undirected weighted graph as an edge list: ``edges`` ``(E, 2)`` with i < j, ``weights`` ``(E,)``."""
+    """An undirected weighted graph as an edge list: ``edges`` ``(E, 2)`` with i < j, ``weights`` ``(E,)``.
+
+    ``matrix`` optionally keeps the symmetric ``(N, N)`` float32 adjacency it came from (dense
+    graphs): a backend can hand that to a compiled constructor in one call, where turning tens of
+    thousands of edges into a graph pair by pair costs more than the clustering.
+    """
 
     num_nodes: int
     edges: np.ndarray
     weights: np.ndarray
+    matrix: np.ndarray | None = None
 
     @classmethod
     def from_dense(cls, adjacency: Tensor | np.ndarray) -> PatchGraph:
         a = torch.as_tensor(adjacency)
         edges = torch.nonzero(torch.triu(a, diagonal=1))
         weights = a[edges[:, 0], edges[:, 1]]
-        return cls(a.shape[0], edges.cpu().numpy(), weights.double().cpu().numpy())
+        return cls(a.shape[0], edges.cpu().numpy(), weights.double().cpu().numpy(), a.float().cpu().numpy())
+
+    @property
+    def density(self) -> float:
+        """Fraction of the possible edges present."""
+        return 2 * len(self.edges) / max(1, self.num_nodes * (self.num_nodes - 1))
+
+    @property
+    def binary(self) -> bool:
+        """Whether every edge weighs 1 (the paper's graph)."""
+        return bool(np.all(self.weights == 1))
 
     def dense(self) -> np.ndarray:
         """The symmetric ``(N, N)`` adjacency (for tests and modularity)."""

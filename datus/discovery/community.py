@@ -34,22 +34,32 @@ def list_community_backends() -> list[str]:
     return sorted(_BACKENDS)
 
 
+#: above this density a graph that kept its matrix is built from it (one compiled call) rather
+#: than from its edge list: 1.9 ms instead of 27 ms for the paper's 256-node, 93%-dense graphs
+DENSE_BUILD = 0.25
+
+
 def _igraph(patch_graph: PatchGraph):
+    """The igraph graph and the name of its weight attribute (None when every weight is 1)."""
     import igraph
 
+    if patch_graph.matrix is not None and patch_graph.density > DENSE_BUILD:
+        if patch_graph.binary:
+            return igraph.Graph.Adjacency(patch_graph.matrix.astype(np.uint8), mode="upper"), None
+        return igraph.Graph.Weighted_Adjacency(patch_graph.matrix.astype(np.float64), mode="upper"), "weight"
     graph = igraph.Graph(n=patch_graph.num_nodes, edges=patch_graph.edges.tolist(), directed=False)
     graph.es["weight"] = patch_graph.weights.tolist()
-    return graph
+    return graph, "weight"
 
 
 @register_community_backend("igraph")
 def _igraph_multilevel(patch_graph: PatchGraph, resolution: float, seed: int) -> np.ndarray:
     import igraph
 
-    graph = _igraph(patch_graph)
+    graph, weights = _igraph(patch_graph)
     igraph.set_random_number_generator(random.Random(seed))
     try:
-        parts = graph.community_multilevel(weights="weight", resolution=resolution)
+        parts = graph.community_multilevel(weights=weights, resolution=resolution)
     finally:
         igraph.set_random_number_generator(random)
     return np.asarray(parts.membership)
@@ -59,11 +69,11 @@ def _igraph_multilevel(patch_graph: PatchGraph, resolution: float, seed: int) ->
 def _igraph_leiden(patch_graph: PatchGraph, resolution: float, seed: int) -> np.ndarray:
     import igraph
 
-    graph = _igraph(patch_graph)
+    graph, weights = _igraph(patch_graph)
     igraph.set_random_number_generator(random.Random(seed))
     try:
         parts = graph.community_leiden(
-            objective_function="modularity", weights="weight", resolution=resolution, n_iterations=-1
+            objective_function="modularity", weights=weights, resolution=resolution, n_iterations=-1
         )
     finally:
         igraph.set_random_number_generator(random)
