@@ -19,7 +19,9 @@ import json
 import logging
 import os
 import zipfile
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -236,23 +238,34 @@ class ShardLookup:
 class ShardWriter(BasePredictionWriter):
     """Buffers a predict loop's records and writes a shard every ``shard_size`` images (and at the end).
 
-    On an exception (Ctrl+C, SIGTERM) the complete records in the buffer are written too, so a
-    rerun resumes after them.
+    A predict step may return a :class:`~concurrent.futures.Future` (work it left running in a
+    background thread, e.g. the scene decomposition of the batch it just forwarded): the writer
+    takes predictions in order and waits for a future only when the next batch's prediction has
+    arrived, so that work overlaps the next forward. On an exception (Ctrl+C, SIGTERM) the
+    complete records, finished background work included, are written too, so a rerun resumes after them.
     """
 
     def __init__(self, store: ShardStore, shard_size: int = 256) -> None:
         super().__init__(write_interval="batch")
         self.store, self.shard_size = store, int(shard_size)
         self.buffer: list = []
+        self.pending: deque = deque()
 
     def add(self, prediction: Any) -> None:
         """Take one batch's prediction (here: a list of records)."""
         self.buffer.extend(prediction)
 
+    def _take(self, rank: int, keep: int) -> None:
+        """Add the pending predictions in order, leaving at most ``keep`` unfinished ones queued."""
+        while self.pending and (len(self.pending) > keep or _finished(self.pending[0])):
+            item = self.pending.popleft()
+            self.add(item.result() if isinstance(item, Future) else item)
+            if len(self.buffer) >= self.shard_size:
+                self.flush(rank)
+
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
-        self.add(prediction)
-        if len(self.buffer) >= self.shard_size:
-            self.flush(trainer.global_rank)
+        self.pending.append(prediction)
+        self._take(trainer.global_rank, keep=1)
 
     def flush(self, rank: int) -> None:
         if self.buffer:
@@ -260,10 +273,21 @@ class ShardWriter(BasePredictionWriter):
             self.buffer = []
 
     def on_predict_epoch_end(self, trainer, pl_module) -> None:
+        self._take(trainer.global_rank, keep=0)
         self.flush(trainer.global_rank)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self.flush(trainer.global_rank)
+        try:
+            self._take(trainer.global_rank, keep=0)
+        except Exception:  # noqa: BLE001 - background work that failed: keep what finished before it
+            pass
+        finally:
+            self.pending.clear()
+            self.flush(trainer.global_rank)
+
+
+def _finished(item: Any) -> bool:
+    return not isinstance(item, Future) or item.done()
 
 
 def predict_missing(

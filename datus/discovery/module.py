@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +19,21 @@ from datus.shards import ShardWriter
 
 
 class DiscoveryModule(pl.LightningModule):
-    """``predict_step``: backbone forward on a batch, then one decomposition per image."""
+    """``predict_step``: backbone forward on a batch, then one decomposition per image.
+
+    The decompositions (graph, Louvain, regions) run in one background thread while the loop goes
+    on to load and forward the next batch: ``predict_step`` returns a future that the
+    :class:`SegmentWriter` waits for one batch later. One thread, batches in order: the results are
+    those of running them inline (igraph's random generator is global, so never two at once).
+    """
 
     def __init__(self, backbone: Backbone, decomposer: SceneDecomposer) -> None:
         super().__init__()
         self.backbone = backbone
         self.decomposer = decomposer
+        self._worker: ThreadPoolExecutor | None = None
 
-    def _forward_group(self, items: list[dict]) -> list[tuple[dict, Any, int]]:
+    def _forward_group(self, items: list[dict]) -> tuple[list[dict], Any, Any, Any, float]:
         images = torch.stack([item["image"] for item in items]).to(self.device)
         start = time.perf_counter()
         out = self.backbone(self.backbone.normalize(images))
@@ -34,22 +42,16 @@ class DiscoveryModule(pl.LightningModule):
         if images.is_cuda:
             torch.cuda.synchronize()
         backbone_ms = 1e3 * (time.perf_counter() - start) / len(items)
-        key_bias = self.backbone.key_bias() if self.decomposer.needs_key_bias else None
-        results = []
-        for i, item in enumerate(items):
-            image = item["image"] if self.decomposer.needs_image else None
-            dec = self.decomposer(graph[i], out.grid, segment[i], key_bias, image=image)
-            dec.timings["backbone_ms"] = backbone_ms
-            results.append((item, dec, out.grid))
-        return results
+        return items, graph, segment, out.grid, backbone_ms
 
-    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
-        groups: dict[tuple, list[dict]] = {}
-        for item in batch["items"]:
-            groups.setdefault(tuple(item["image"].shape), []).append(item)
+    def _decompose(self, forwarded: list[tuple], skipped: list[dict]) -> dict[str, Any]:
+        key_bias = self.backbone.key_bias() if self.decomposer.needs_key_bias else None
         records, images = [], {}
-        for items in groups.values():
-            for item, dec, grid in self._forward_group(items):
+        for items, graph, segment, grid, backbone_ms in forwarded:
+            for i, item in enumerate(items):
+                image = item["image"] if self.decomposer.needs_image else None
+                dec = self.decomposer(graph[i], grid, segment[i], key_bias, image=image)
+                dec.timings["backbone_ms"] = backbone_ms
                 records.append(ImageSegments(
                     stem=item["stem"], index=int(item["index"]), grid=tuple(grid),
                     input_size=tuple(item["image"].shape[-2:]),
@@ -57,7 +59,21 @@ class DiscoveryModule(pl.LightningModule):
                     decomposition=dec,
                 ))
                 images[int(item["index"])] = item["image"]
-        return {"records": records, "skipped": batch["skipped"], "images": images}
+        return {"records": records, "skipped": skipped, "images": images}
+
+    def predict_step(self, batch: dict, batch_idx: int) -> Future:
+        groups: dict[tuple, list[dict]] = {}
+        for item in batch["items"]:
+            groups.setdefault(tuple(item["image"].shape), []).append(item)
+        forwarded = [self._forward_group(items) for items in groups.values()]
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="datus-decompose")
+        return self._worker.submit(self._decompose, forwarded, batch["skipped"])
+
+    def on_predict_end(self) -> None:
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+            self._worker = None
 
 
 class SegmentWriter(ShardWriter):

@@ -67,18 +67,24 @@ class SegmentEmbedder(pl.LightningModule):
         self.all_segments, self.chunk = all_segments, int(chunk)
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[tuple[int, str, np.ndarray, tuple[int, ...]]]:
-        out = []
+        """The crops of every image of the batch go through the backbone together, ``chunk`` at a time
+        (a street scene has 2-3 valid segments at the paper's setting: one forward per image would
+        run at batch size 2)."""
+        crops, wanted = [], []
         for item in batch["items"]:
-            record = self.records[int(item["index"])]
-            dec = record.decomposition
+            dec = self.records[int(item["index"])].decomposition
             ids = list(range(dec.segment_valid.size)) if self.all_segments else np.flatnonzero(dec.segment_valid).tolist()
-            crops = segment_crops(item["image"], dec.segments, ids, self.patch_size, self.crop_size, self.background)
-            feats = [self.extractor(self.extractor.normalize(c.to(self.device))).cls
-                     for c in crops.split(self.chunk)] if len(ids) else []
-            x = torch.cat(feats) if feats else torch.zeros(0, self.extractor.embed_dim)
-            x = F.normalize(x.float(), dim=1).cpu().numpy()
-            full = np.zeros((dec.segment_valid.size, x.shape[1]), dtype=np.float32)
-            full[ids] = x
+            crops.append(segment_crops(item["image"], dec.segments, ids, self.patch_size, self.crop_size, self.background))
+            wanted.append((item, dec.segment_valid.size, ids))
+        crops = torch.cat(crops) if crops else torch.zeros(0, 3, self.crop_size, self.crop_size)
+        feats = [self.extractor(self.extractor.normalize(c.to(self.device))).cls for c in crops.split(self.chunk)]
+        x = torch.cat(feats) if feats else torch.zeros(0, self.extractor.embed_dim)
+        x = F.normalize(x.float(), dim=1).cpu().numpy()
+        out, start = [], 0
+        for item, count, ids in wanted:
+            full = np.zeros((count, x.shape[1]), dtype=np.float32)
+            full[ids] = x[start:start + len(ids)]
+            start += len(ids)
             out.append((int(item["index"]), item["stem"], full, ()))
         return out
 
