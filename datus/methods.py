@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,7 +139,9 @@ class Datus(Method):
                     job.backbone, decomposer=self.decomposer, dataset=job.loop.dataset,
                     trainer=job.loop.make_trainer(), out_dir=job.work, settings=job.settings or {},
                     batch_size=job.loop.batch_size, num_workers=job.loop.num_workers,
-                    shard_size=job.loop.shard_size, num_pictures=job.num_pictures, overwrite=job.overwrite,
+                    shard_size=job.loop.shard_size, overwrite=job.overwrite,
+                    # a whole run draws its pictures once, with the pseudo mask, after labelling
+                    num_pictures=job.num_pictures if job.stage == "segments" else 0,
                     indices=job.indices,
                 )
         elif (job.work / "summary.json").is_file():
@@ -149,7 +152,9 @@ class Datus(Method):
             if not segments.shards():
                 raise ValueError(f"stage=labels: no segments in {segments.folder}; run stage=segments first")
             _check_complete(segments, job.loop.dataset)
+            start = time.perf_counter()
             job.labeler.embed_segments(job.backbone, job.loop, segments, job.work, job.rank)
+            summary["segment_features_seconds"] = time.perf_counter() - start  # crops' forwards, if any
         return summary
 
     def label(self, job: Job, scores_to_mask: ScoresToMask | None) -> dict[str, Any]:
@@ -364,27 +369,31 @@ class ClipSam(Method):
 
 
 def _pictures_with_masks(job: Job) -> None:
-    """Redraw the run's decomposition pictures with the final pseudo mask beside them (photo |
-    communities | valid segments | pseudo mask): the product's output belongs in the picture."""
+    """The run's pictures (photo | communities | valid segments | pseudo mask) of the first
+    ``num_pictures`` images, and of any decomposition picture already in ``pictures/`` (copied from
+    a cached discovery): the product's output belongs in the picture. Drawn once, after labelling."""
     from datus.discovery.store import SegmentLookup
     from datus.figures import decomposition_figure
     from datus.io import save_figure
     from datus.masks import read_mask, upsample_nearest
 
-    pictures = sorted((job.out_dir / "pictures").glob("*.png"))
-    if not pictures:
-        return
     dataset = job.loop.dataset
     index_of = {s.stem: i for i, s in enumerate(dataset.samples)}
+    folder = job.out_dir / "pictures"
+    wanted = set(range(min(job.num_pictures, len(dataset))))
+    wanted |= {index_of[p.stem] for p in folder.glob("*.png") if p.stem in index_of}
+    if not wanted:
+        return
     lookup = SegmentLookup(job.segments())
-    for picture in pictures:
-        index, mask_path = index_of.get(picture.stem), job.out_dir / "pseudo_masks" / picture.name
-        if index is None or index not in lookup or not mask_path.is_file():
+    for index in sorted(wanted):
+        stem = dataset.samples[index].stem
+        mask_path = job.out_dir / "pseudo_masks" / f"{stem}.png"
+        if index not in lookup or not mask_path.is_file():
             continue
         image = dataset[index]["image"].permute(1, 2, 0).numpy()
         mask = upsample_nearest(read_mask(mask_path), image.shape[:2])
-        fig = decomposition_figure(image, lookup[index].decomposition, picture.stem, mask=mask, k=job.labeler.k)
-        save_figure(picture, fig)
+        fig = decomposition_figure(image, lookup[index].decomposition, stem, mask=mask, k=job.labeler.k)
+        save_figure(folder / f"{stem}.png", fig)
 
 
 def _check_complete(segments: SegmentStore, dataset) -> None:

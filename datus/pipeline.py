@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,19 @@ from datus.runs import cache_entry, check_settings, shard_range
 from datus.shards import PredictLoop, dataset_manifest
 
 log = logging.getLogger(__name__)
+
+
+class StageClock:
+    """Wall seconds per stage of a run (``summary.json`` ``seconds``: where the time went)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = round(now - self._last, 3)
+        self._last = now
 
 
 def global_rank() -> int:
@@ -123,7 +137,9 @@ def run_pipeline(
         # the codes are the head's: segments and features cached from another head must not be reused
         settings = {**settings, "head_file": projection.report["digest"]}
     cache_root = Path(cache_dir).expanduser() if cache_dir else out_dir
+    clock = StageClock()
     prepared = method.prepare(dataset, cache_root=cache_root, k=labeler.k)
+    clock.lap("prepare")
     key = method.cache_key(settings)
     work = cache_entry(cache_dir, method.cache_kind, key) if cache_dir and method.cache_kind else out_dir
     remove_stale_temporaries(work)
@@ -133,16 +149,19 @@ def run_pipeline(
               indices=indices, settings=key, num_pictures=num_pictures, overwrite=overwrite, rank=global_rank(),
               shard=(shard_index, shard_count), manifest=dataset_manifest(dataset))
     summary = method.compute(job)
+    clock.lap("backbone_passes")
     if global_rank() != 0:
         return {}
     if stage != "segments":
         summary["labeling"] = method.label(job, method.scores_to_mask(labeler, postprocess, dataset))
+        clock.lap("labels")
     if evaluate and stage != "segments" and dataset.has_masks:
         result, samples = evaluate_masks(dataset, masks_dir=out_dir / "pseudo_masks", num_clusters=labeler.k,
                                          protocol=protocol, matching=matching, allow_missing=True)
         write_report(out_dir, result, samples, list(dataset.classes))
         log.info("pseudo masks vs ground truth:\n%s", format_table(result))
         summary["metrics"] = {k: result[k] for k in ("miou", "pixel_accuracy", "mean_f1", "coverage")}
+        clock.lap("evaluation")
     summary["ignored_files"] = ignored
     if projection is not None:
         summary["feature_head"] = projection.report
@@ -152,5 +171,6 @@ def run_pipeline(
     summary["stage"] = stage
     if cache_dir and method.cache_kind:
         summary["cache_entry"] = str(work)
+    summary["seconds"] = clock.seconds
     write_json(out_dir / "summary.json", summary)
     return summary

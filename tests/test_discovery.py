@@ -303,6 +303,41 @@ def test_resume_after_a_crash_gives_identical_outputs(tmp_path):
     assert _run(crashed)["computed_this_run"] == 0  # nothing left to do
 
 
+class _FailsOn(SceneDecomposer):
+    """A decomposer that fails on one image (it runs in discovery's background thread)."""
+
+    def __init__(self, stem_index: int) -> None:
+        super().__init__(Affinity(kind="cosine", debias="center", knn=8), Louvain("igraph"))
+        self.calls, self.fail_at = 0, stem_index
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise _SimulatedCrash("decomposition failed")
+        return super().__call__(*args, **kwargs)
+
+
+def test_a_failure_in_the_background_decomposition_stops_the_run_and_keeps_earlier_images(tmp_path):
+    """Decompositions overlap the next forward in a worker thread: an error there still stops the
+    run with that error, and the images decomposed before it are on disk for the rerun."""
+    torch.manual_seed(0)
+    common = dict(dataset=DemoImages(transform=ResizeForBackbone(64, 8)), trainer=_trainer(), out_dir=tmp_path,
+                  settings={"test": 1}, batch_size=1, shard_size=1, num_workers=0, num_pictures=0)
+    backbone = build_backbone("tiny_vit")
+    with pytest.raises(_SimulatedCrash, match="decomposition failed"):
+        run_discovery(backbone, decomposer=_FailsOn(4), **common)
+    stems = [sample.stem for sample in common["dataset"].samples]
+    kept = set(_records(tmp_path))
+    # every image before the failed one; the one after it too if its decomposition finished in time
+    assert set(stems[:3]) <= kept and stems[3] not in kept and len(kept) in (3, 4)
+    common["trainer"] = _trainer()
+    summary = run_discovery(backbone, decomposer=_tiny_decomposer(), **common)
+    assert summary["computed_this_run"] == len(stems) - len(kept)
+    clean = tmp_path / "clean"
+    _run(clean)
+    _assert_same(_records(clean), _records(tmp_path))
+
+
 def test_other_settings_in_the_same_output_dir_are_refused_unless_overwrite(tmp_path):
     _run(tmp_path, settings={"graph": 1})
     with pytest.raises(RunConflictError, match="changed: graph.*overwrite=true"):

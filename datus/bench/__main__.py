@@ -1,5 +1,6 @@
-"""``python -m datus.bench discovery|memory [options] [overrides of conf/discover.yaml]``.
+"""``python -m datus.bench speed|discovery|memory [options] [overrides of conf/discover.yaml]``.
 
+  python -m datus.bench speed --images 40 dataset=camvid dataset.root=DIR dataset.split=val
   python -m datus.bench discovery --images 40 dataset=camvid dataset.root=DIR dataset.split=val
   python -m datus.bench memory --images 50,367 dataset=camvid dataset.root=DIR dataset.split=train
 """
@@ -16,6 +17,14 @@ from datus.io import write_json
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m datus.bench", description=__doc__)
     sub = parser.add_subparsers(dest="bench", required=True)
+    speed = sub.add_parser("speed", help="every speed ratio of the README in one run: default discovery vs "
+                           "the backbone, the paper's dense graphs, the paper's whole run vs its forwards and "
+                           "vs the authors' per-image loop")
+    speed.add_argument("--images", type=int, default=40, help="images for the discovery throughput benchmarks")
+    speed.add_argument("--authors-images", type=int, default=20, help="images for the authors' (slow) loop")
+    speed.add_argument("--reference-images", type=int, default=10, help="images for slow python-louvain")
+    speed.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON here")
+    speed.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. dataset=camvid dataset.root=DIR")
     disc = sub.add_parser("discovery", help="backbone vs discovery throughput, Louvain backends, memory")
     disc.add_argument("--images", type=int, default=50, help="first N images of the split")
     disc.add_argument("--reference-images", type=int, default=10, help="images for slow python-louvain")
@@ -43,6 +52,17 @@ def main(argv: list[str] | None = None) -> None:
 
         result = bench_memory(sorted(int(n) for n in args.images.split(",")), args.overrides, keep=args.keep)
         print(format_memory(result))
+        if args.out:
+            write_json(args.out, result)
+            print(f"written: {args.out}")
+        return
+
+    if args.bench == "speed":
+        from datus.bench.speed import bench_speed, format_speed
+
+        result = bench_speed(args.overrides, images=args.images, authors_images=args.authors_images,
+                             reference_images=args.reference_images)
+        print(format_speed(result))
         if args.out:
             write_json(args.out, result)
             print(f"written: {args.out}")
