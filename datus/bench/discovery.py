@@ -26,16 +26,27 @@ def _backbone_pass(backbone, dataset, batch_size: int, num_workers: int, keep: s
     """Forward every image through the backbone only; optionally keep one feature per image."""
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_items)
     kept: list[tuple[torch.Tensor, tuple[int, int]]] = []
+    device = bench_device(backbone)
     start = time.perf_counter()
     for batch in loader:
         groups: dict[tuple, list] = {}
         for item in batch["items"]:
             groups.setdefault(tuple(item["image"].shape), []).append(item["image"])
         for images in groups.values():
-            out = backbone(backbone.normalize(torch.stack(images)))
+            out = backbone(backbone.normalize(torch.stack(images).to(device)))
             if keep:
                 kept.extend((f.clone(), out.grid) for f in out.features(keep))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - start, kept
+
+
+def bench_device(backbone) -> torch.device:
+    """Put ``backbone`` on the GPU when there is one (as discovery's Lightning trainer does) and return
+    its device: every timed forward runs where a user's would."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    backbone.to(device)
+    return device
 
 
 def bench_discovery(

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from datus.bench.discovery import bench_device
 from datus.io import load_json
 
 
@@ -73,11 +74,12 @@ def authors_loop(backbone, decomposer, dataset, images: int, *, crop_size: int =
     crops = 0
     key_bias = backbone.key_bias() if decomposer.needs_key_bias else None
     count = min(images, len(dataset))
+    device = bench_device(backbone)
     for index in range(count):
         image = dataset[index]["image"]
         t0 = time.perf_counter()
-        out = backbone(backbone.normalize(image[None]))
-        keys = decomposer.affinity.prepare(out.features(decomposer.feature)[0], key_bias).numpy()
+        out = backbone(backbone.normalize(image[None].to(device)))
+        keys = decomposer.affinity.prepare(out.features(decomposer.feature)[0], key_bias).cpu().numpy()
         t1 = time.perf_counter()
         adjacency = _authors_adjacency(keys)
         t2 = time.perf_counter()
@@ -91,8 +93,8 @@ def authors_loop(backbone, decomposer, dataset, images: int, *, crop_size: int =
         for region in regions:
             segments = np.zeros(out.grid, dtype=np.int64)
             segments[tuple(np.array(region).T)] = 1
-            crop = segment_crops(image, segments, [1], backbone.patch_size, crop_size)
-            _ = backbone(backbone.normalize(crop)).cls  # the segment's feature (unused: timing only)
+            crop = segment_crops(image, segments, [1], backbone.patch_size, crop_size).to(device)
+            _ = backbone(backbone.normalize(crop)).cls.cpu()  # the segment's feature (unused: timing only)
         t5 = time.perf_counter()
         crops += len(regions)
         for key, seconds in zip(steps, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
@@ -139,7 +141,7 @@ def forward_floor(backbone, *, images: int, batch_size: int, size: tuple[int, in
     """Seconds of the forwards alone: ``images`` inputs of ``size`` in batches of ``batch_size``, and
     each batch's crops (``crops``) in chunks of ``chunk``, as the run does them (any pixels: a
     forward's cost does not depend on them)."""
-    device = next(backbone.parameters(), torch.empty(0)).device
+    device = bench_device(backbone)
     backbone(backbone.normalize(torch.rand(1, 3, *size, device=device)))  # warm-up
     start = time.perf_counter()
     for first in range(0, images, batch_size):
