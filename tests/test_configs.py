@@ -108,6 +108,9 @@ def test_discover_runs_end_to_end_on_demo_images_with_a_tiny_backbone(tmp_path):
     assert len(pictures) == 5 and "chelsea.png" in pictures
     assert summary["valid_segments"] >= 5
     assert not list(out.rglob("*.tmp"))
+    # where the time went: each stage's wall seconds, the discovery inside the backbone passes
+    assert set(summary["seconds"]) == {"prepare", "backbone_passes", "labels"}  # the demo has no masks to evaluate
+    assert 0 < summary["seconds_this_run"] <= summary["seconds"]["backbone_passes"]
 
 
 @pytest.mark.slow

@@ -45,6 +45,12 @@ class DiscoveryModule(pl.LightningModule):
         return items, graph, segment, out.grid, backbone_ms
 
     def _decompose(self, forwarded: list[tuple], skipped: list[dict]) -> dict[str, Any]:
+        if self.device.type == "cuda":  # a thread's current CUDA device is its own: use the module's
+            with torch.cuda.device(self.device):
+                return self._decompose_here(forwarded, skipped)
+        return self._decompose_here(forwarded, skipped)
+
+    def _decompose_here(self, forwarded: list[tuple], skipped: list[dict]) -> dict[str, Any]:
         key_bias = self.backbone.key_bias() if self.decomposer.needs_key_bias else None
         records, images = [], {}
         for items, graph, segment, grid, backbone_ms in forwarded:
