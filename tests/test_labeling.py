@@ -232,6 +232,40 @@ def test_segment_crops_pad_to_square_instead_of_cutting():
     assert torch.allclose(grey[:, 16 + 12, 30], torch.tensor([0.485, 0.456, 0.406]), atol=1e-3)
 
 
+@pytest.mark.parametrize("all_segments", [False, True])
+def test_crops_of_a_batch_are_embedded_together_as_each_alone(all_segments):
+    """The segment embedder forwards the crops of all images of a batch together: each image gets
+    what embedding its own crops alone gives, images without valid segments get zero rows."""
+    from datus.discovery.store import ImageSegments
+    from datus.labeling.embed import SegmentEmbedder
+
+    torch.manual_seed(0)
+    backbone = build_backbone("tiny_vit")
+    data = DemoImages(transform=ResizeForBackbone(64, 8))
+    decomposer = SceneDecomposer(Affinity(kind="cosine", debias="center", knn=6), Louvain("igraph"), min_patches=3)
+    items, records = [data[i] for i in range(4)], {}
+    for item in items:
+        out = backbone(backbone.normalize(item["image"][None]))
+        dec = decomposer(out.keys[0], out.grid, out.tokens[0])
+        if item["index"] == 2:  # an image whose segments are all too small
+            dec.segment_valid[:] = False
+        records[item["index"]] = ImageSegments(item["stem"], item["index"], out.grid, (64, 64), (64, 64), dec)
+    assert sum(r.decomposition.num_valid for r in records.values()) > 3
+    embedder = SegmentEmbedder(backbone, records, patch_size=8, crop_size=32, all_segments=all_segments, chunk=3)
+    together = embedder.predict_step({"items": items, "skipped": []}, 0)
+    for (index, stem, features, _), item in zip(together, items):
+        dec = records[index].decomposition
+        alone = embedder.predict_step({"items": [item], "skipped": []}, 0)[0][2]
+        assert stem == item["stem"] and features.shape == (dec.segment_valid.size, backbone.embed_dim)
+        np.testing.assert_allclose(features, alone, atol=1e-5)
+        used = np.arange(dec.segment_valid.size) if all_segments else np.flatnonzero(dec.segment_valid)
+        assert np.allclose(np.linalg.norm(features[used], axis=1), 1, atol=1e-5)
+        assert not np.delete(features, used, axis=0).any()
+    nothing = [item for item in items if item["index"] == 2]
+    if not all_segments:  # no valid segment in the batch: no forward, zero rows
+        assert not embedder.predict_step({"items": nothing, "skipped": []}, 0)[0][2].any()
+
+
 def test_upsampling_is_nearest_neighbour():
     labels = np.array([[0, 1], [2, 255]], dtype=np.uint8)
     up = upsample_labels(labels, (5, 7))

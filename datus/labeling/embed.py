@@ -77,7 +77,8 @@ class SegmentEmbedder(pl.LightningModule):
             crops.append(segment_crops(item["image"], dec.segments, ids, self.patch_size, self.crop_size, self.background))
             wanted.append((item, dec.segment_valid.size, ids))
         crops = torch.cat(crops) if crops else torch.zeros(0, 3, self.crop_size, self.crop_size)
-        feats = [self.extractor(self.extractor.normalize(c.to(self.device))).cls for c in crops.split(self.chunk)]
+        feats = [self.extractor(self.extractor.normalize(c.to(self.device))).cls
+                 for c in crops.split(self.chunk) if len(c)]  # a batch without valid segments: no forward
         x = torch.cat(feats) if feats else torch.zeros(0, self.extractor.embed_dim)
         x = F.normalize(x.float(), dim=1).cpu().numpy()
         out, start = [], 0
