@@ -142,6 +142,13 @@ def write_json(path: str | Path, data: Any) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def write_npz(path: str | Path, **arrays: Any) -> Path:
+    """``arrays`` as one ``.npz`` at ``path``, atomically (never pickled)."""
+    import numpy as np
+
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
 def file_digest(path: str | Path) -> str:
     """A short sha256 of a file's bytes: what a cache keys on when a trained file (a feature head, a
     W-Net) decides what is computed from it, so a retrained file never reuses the old results."""

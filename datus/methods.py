@@ -13,7 +13,6 @@ A new method (e.g. features from a trained head) is a class here and a YAML file
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -26,7 +25,7 @@ import torch
 
 from datus.backbones import Backbone
 from datus.discovery import SceneDecomposer, SegmentStore, run_discovery
-from datus.io import atomic_write, load_json
+from datus.io import atomic_write, load_json, write_npz
 from datus.labeling import Labeler, PatchTokens
 from datus.labeling.run import ScoresToMask
 from datus.masks import save_masks
@@ -361,9 +360,8 @@ class ClipSam(Method):
             return {"method": self.name, "mode": "sam only", "k": job.labeler.k, "coverage": written["coverage"],
                     "cluster_pixels": written["cluster_pixels"]}
         written = save_masks(job.out_dir, read_labels(job.loop.dataset, job.work), job.labeler.k)
-        buffer = io.BytesIO()
-        np.savez(buffer, text_embeddings=self._namer.text_embeddings, class_names=np.array(self._namer.class_names))
-        atomic_write(job.out_dir / "labeling" / "text_embeddings.npz", lambda f: f.write(buffer.getvalue()))
+        write_npz(job.out_dir / "labeling" / "text_embeddings.npz", text_embeddings=self._namer.text_embeddings,
+                  class_names=np.array(self._namer.class_names))
         return {"method": self.name, "k": job.labeler.k, "class_names": self._namer.class_names,
                 "coverage": written["coverage"], "cluster_pixels": written["cluster_pixels"]}
 

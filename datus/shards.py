@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import os
@@ -29,7 +28,7 @@ import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
 
-from datus.io import atomic_write
+from datus.io import write_npz
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +109,7 @@ class ShardStore:
 
     def save_arrays(self, path: Path, arrays: dict[str, np.ndarray]) -> Path:
         """``arrays`` as one ``.npz`` at ``path``, atomically (never pickled)."""
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        return atomic_write(path, lambda f: f.write(buffer.getvalue()))
+        return write_npz(path, **arrays)
 
     def fingerprint(self, index: int) -> str:
         """The fingerprint the manifest gives image ``index`` ("" without a manifest)."""

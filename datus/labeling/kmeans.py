@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import numbers
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datus.io import atomic_write
+from datus.io import write_npz
 
 log = logging.getLogger(__name__)
 
@@ -196,9 +195,7 @@ class KMeans:
             arrays["projection"] = self.projection
         if self.fine_centroids is not None:
             arrays["fine_centroids"], arrays["groups"] = self.fine_centroids, self.groups
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        return atomic_write(path, lambda f: f.write(buffer.getvalue()))
+        return write_npz(path, **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> KMeans:

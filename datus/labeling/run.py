@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from datus.discovery.store import SegmentStore
-from datus.io import atomic_write, named_write_errors, scratch_file
+from datus.io import named_write_errors, scratch_file, write_npz
 from datus.labeling.kmeans import KMeans
 from datus.masks import UNLABELLED, patch_labels, save_masks, upsample_labels
 from datus.shards import ArrayRecord
@@ -131,9 +130,7 @@ def run_labeling(
         "segment_offsets": np.cumsum([0] + [len(lab) for lab in final]).astype(np.int64),
         "labels": np.concatenate(final).astype(np.int16),
     }
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    atomic_write(folder / "assignments.npz", lambda f: f.write(buffer.getvalue()))
+    write_npz(folder / "assignments.npz", **arrays)
     return {
         "method": "datus",
         "k": kmeans.k,

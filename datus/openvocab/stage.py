@@ -8,7 +8,6 @@ done, and an image replaced under the same name is labelled again.
 
 from __future__ import annotations
 
-import io
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from datus.data import DatasetError
-from datus.io import atomic_write
+from datus.io import atomic_write, write_npz
 from datus.masks import read_mask, save_mask
 from datus.openvocab.automatic import AutomaticMasks
 from datus.openvocab.naming import ClipNamer
@@ -52,11 +51,10 @@ def label_split(dataset, folder: Path, generator: AutomaticMasks, namer: ClipNam
         proposals = generator(image)
         labels, probs = namer(image, proposals)
         path = label_path(folder, sample.stem, sample.image)
-        buffer = io.BytesIO()
-        np.savez(buffer, predicted_iou=np.array([p.predicted_iou for p in proposals], dtype=np.float32),
-                 stability=np.array([p.stability for p in proposals], dtype=np.float32),
-                 area=np.array([p.area for p in proposals], dtype=np.int64), probabilities=probs)
-        atomic_write(folder / "masks" / f"{path.stem}.npz", lambda f, b=buffer: f.write(b.getvalue()))
+        write_npz(folder / "masks" / f"{path.stem}.npz",
+                  predicted_iou=np.array([p.predicted_iou for p in proposals], dtype=np.float32),
+                  stability=np.array([p.stability for p in proposals], dtype=np.float32),
+                  area=np.array([p.area for p in proposals], dtype=np.int64), probabilities=probs)
         save_mask(path, labels)  # last: its presence marks the image done
         masks_kept += len(proposals)
     return {"images": len(dataset), "labelled_this_run": len(todo) - len(skipped), "masks_kept_this_run": masks_kept,

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from datus.backbones import PATCH_FEATURES, Backbone
-from datus.io import atomic_write
+from datus.io import atomic_write, write_npz
 from datus.shards import ArrayStore
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class FeatureStore(ArrayStore):
             "offsets": np.cumsum([0] + [len(it[2]) for it in items]).astype(np.int64),
             "meta": np.array([it[3] for it in items], dtype=np.int64).reshape(len(items), -1),
         }
-        return atomic_write(self.folder / f"{name}.npz", lambda f: np.savez(f, **index))
+        return write_npz(self.folder / f"{name}.npz", **index)
 
     def read(self):  # pragma: no cover - the whole split at once is what this store avoids
         raise NotImplementedError("FeatureStore is read image by image: use FeatureStore.open()")
