@@ -31,23 +31,33 @@ def label_path(folder: Path, stem: str, image: Path) -> Path:
     return Path(folder) / "labels" / f"{stem}-{file_fingerprint(image)}.png"
 
 
-def label_split(dataset, folder: Path, generator: AutomaticMasks, namer: ClipNamer) -> dict[str, Any]:
-    """Label every image of ``dataset`` not yet labelled in ``folder``; returns counts and skipped images."""
+def _images(dataset, todo: list[int], description: str, skipped: list[dict], *, resized: bool = False):
+    """Yield ``(sample, image, item)`` for each index of ``todo``, with a progress bar: ``image`` the
+    ``(H, W, 3)`` uint8 photo as stored (what SAM sees), ``item`` the dataset's item resized for the
+    backbone when ``resized`` (from the same decoded image). An unreadable image goes to ``skipped``."""
     from rich.progress import track
 
+    for i in track(todo, description=description, transient=True):
+        sample = dataset.samples[i]
+        try:
+            raw = dataset.load(i)
+            image = raw["image"].permute(1, 2, 0).numpy()
+            item = dataset.transform(dict(raw)) if resized and dataset.transform is not None else raw
+        except (DatasetError, OSError) as err:
+            skipped.append({"index": i, "stem": sample.stem, "error": str(err)})
+            log.warning("skipped %s: %s", sample.stem, err)
+            continue
+        yield sample, image, item
+
+
+def label_split(dataset, folder: Path, generator: AutomaticMasks, namer: ClipNamer) -> dict[str, Any]:
+    """Label every image of ``dataset`` not yet labelled in ``folder``; returns counts and skipped images."""
     folder = Path(folder)
     todo = [i for i, s in enumerate(dataset.samples) if not label_path(folder, s.stem, s.image).is_file()]
     if len(todo) < len(dataset):
         log.info("resuming: %d of %d images already labelled in %s", len(dataset) - len(todo), len(dataset), folder)
     skipped, masks_kept = [], 0
-    for i in track(todo, description=f"SAM + CLIP on {len(todo)} images", transient=True):
-        sample = dataset.samples[i]
-        try:
-            image = dataset.load(i)["image"].permute(1, 2, 0).numpy()
-        except (DatasetError, OSError) as err:
-            skipped.append({"index": i, "stem": sample.stem, "error": str(err)})
-            log.warning("skipped %s: %s", sample.stem, err)
-            continue
+    for sample, image, _ in _images(dataset, todo, f"SAM + CLIP on {len(todo)} images", skipped):
         proposals = generator(image)
         labels, probs = namer(image, proposals)
         path = label_path(folder, sample.stem, sample.image)
@@ -89,23 +99,14 @@ def segment_split(dataset, folder: Path, generator: AutomaticMasks, backbone, fe
     """SAM-only mode: every image's kept masks (``owners/<stem>-<fp>.png``, index of the best mask per pixel,
     255 none) and their backbone features (``features/<stem>-<fp>.npy``), resumable like :func:`label_split`."""
     import torch
-    from rich.progress import track
 
     from datus.openvocab.automatic import paint
 
     folder = Path(folder)
     done = lambda s: (folder / "owners" / label_path(folder, s.stem, s.image).name).is_file()  # noqa: E731
     todo = [i for i, s in enumerate(dataset.samples) if not done(s)]
-    skipped = []
-    for i in track(todo, description=f"SAM on {len(todo)} images", transient=True):
-        sample = dataset.samples[i]
-        try:
-            item = dataset[i]  # resized for the backbone
-            image = dataset.load(i)["image"].permute(1, 2, 0).numpy()
-        except (DatasetError, OSError) as err:
-            skipped.append({"index": i, "stem": sample.stem, "error": str(err)})
-            log.warning("skipped %s: %s", sample.stem, err)
-            continue
+    skipped: list[dict] = []
+    for sample, image, item in _images(dataset, todo, f"SAM on {len(todo)} images", skipped, resized=True):
         proposals = generator(image)[:255]
         with torch.no_grad():
             out = backbone(backbone.normalize(item["image"][None]))
