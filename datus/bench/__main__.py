@@ -51,10 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         from datus.bench.memory import bench_memory, format_memory
 
         result = bench_memory(sorted(int(n) for n in args.images.split(",")), args.overrides, keep=args.keep)
-        print(format_memory(result))
-        if args.out:
-            write_json(args.out, result)
-            print(f"written: {args.out}")
+        _report(format_memory(result), result, args.out)
         return
 
     if args.bench == "speed":
@@ -62,30 +59,29 @@ def main(argv: list[str] | None = None) -> None:
 
         result = bench_speed(args.overrides, images=args.images, authors_images=args.authors_images,
                              reference_images=args.reference_images)
-        print(format_speed(result))
-        if args.out:
-            write_json(args.out, result)
-            print(f"written: {args.out}")
+        _report(format_speed(result), result, args.out)
         return
 
     from hydra.utils import instantiate
 
-    from datus.bench.discovery import bench_discovery, format_report
-    from datus.cli.compose import compose_config
+    from datus.bench.discovery import bench_discovery, discovery_objects, format_report
 
-    cfg = compose_config("discover", args.overrides)
-    decomposer = instantiate(cfg.graph)
-    dataset = instantiate(cfg.dataset, transform=instantiate(cfg.resize))
+    cfg, decomposer, dataset = discovery_objects(args.overrides)
     backbone = instantiate(cfg.backbone)
     result = bench_discovery(backbone, decomposer, dataset, images=args.images, batch_size=cfg.batch_size,
                              num_workers=cfg.num_workers, reference_images=args.reference_images)
     result["overrides"] = args.overrides
-    print(format_report(result))
-    if args.out:
-        write_json(args.out, result)
-        print(f"written: {args.out}")
-    else:
+    _report(format_report(result), result, args.out)
+    if not args.out:
         print(json.dumps({k: v for k, v in result.items() if k != "backends"}, indent=1))
+
+
+def _report(text: str, result: dict, out: Path | None) -> None:
+    """Print a benchmark's table; with ``--out``, also write its numbers as JSON there."""
+    print(text)
+    if out:
+        write_json(out, result)
+        print(f"written: {out}")
 
 
 if __name__ == "__main__":

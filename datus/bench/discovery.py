@@ -41,6 +41,17 @@ def _backbone_pass(backbone, dataset, batch_size: int, num_workers: int, keep: s
     return time.perf_counter() - start, kept
 
 
+def discovery_objects(overrides: list[str]):
+    """``(cfg, decomposer, dataset)`` that ``conf/discover.yaml`` with ``overrides`` names (the dataset
+    resized for the backbone); the backbone is built by the caller, once for several settings."""
+    from hydra.utils import instantiate
+
+    from datus.cli.compose import compose_config
+
+    cfg = compose_config("discover", overrides)
+    return cfg, instantiate(cfg.graph), instantiate(cfg.dataset, transform=instantiate(cfg.resize))
+
+
 def bench_device(backbone) -> torch.device:
     """Put ``backbone`` on the GPU when there is one (as discovery's Lightning trainer does) and return
     its device: every timed forward runs where a user's would."""

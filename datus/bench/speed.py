@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from datus.bench.discovery import bench_discovery
+from datus.bench.discovery import bench_discovery, discovery_objects
 from datus.bench.paper import authors_loop, crops_per_batch, forward_floor, whole_run
 
 #: the setting the README calls the authors' (224x224 squash, dense binary key graph, crop CLS)
@@ -29,28 +29,19 @@ def _discover_script() -> Path:
     return script
 
 
-def _objects(overrides: list[str]):
-    from hydra.utils import instantiate
-
-    from datus.cli.compose import compose_config
-
-    cfg = compose_config("discover", overrides)
-    return cfg, instantiate(cfg.graph), instantiate(cfg.dataset, transform=instantiate(cfg.resize))
-
-
 def bench_speed(overrides: list[str], *, images: int = 40, authors_images: int = 20,
                 reference_images: int = 10) -> dict[str, Any]:
     """Run the three measurements on the split the ``overrides`` name; returns every number."""
     from hydra.utils import instantiate
 
     script = _discover_script()
-    cfg, decomposer, dataset = _objects(overrides)
+    cfg, decomposer, dataset = discovery_objects(overrides)
     backbone = instantiate(cfg.backbone)
     default = bench_discovery(backbone, decomposer, dataset, images=images, batch_size=cfg.batch_size,
                               num_workers=cfg.num_workers, reference_images=reference_images)
 
     paper_overrides = [PAPER, *overrides]
-    pcfg, pdecomposer, pdataset = _objects(paper_overrides)
+    pcfg, pdecomposer, pdataset = discovery_objects(paper_overrides)
     paper_graphs = bench_discovery(backbone, pdecomposer, pdataset, images=images, batch_size=pcfg.batch_size,
                                    num_workers=pcfg.num_workers, reference_images=reference_images)
     backend = paper_graphs["backends"][pdecomposer.louvain.backend]

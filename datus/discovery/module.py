@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -45,26 +46,23 @@ class DiscoveryModule(pl.LightningModule):
         return items, graph, segment, out.grid, backbone_ms
 
     def _decompose(self, forwarded: list[tuple], skipped: list[dict]) -> dict[str, Any]:
-        if self.device.type == "cuda":  # a thread's current CUDA device is its own: use the module's
-            with torch.cuda.device(self.device):
-                return self._decompose_here(forwarded, skipped)
-        return self._decompose_here(forwarded, skipped)
-
-    def _decompose_here(self, forwarded: list[tuple], skipped: list[dict]) -> dict[str, Any]:
+        # runs in the worker thread, whose current CUDA device is its own: make it the module's
+        on_device = torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext()
         key_bias = self.backbone.key_bias() if self.decomposer.needs_key_bias else None
         records, images = [], {}
-        for items, graph, segment, grid, backbone_ms in forwarded:
-            for i, item in enumerate(items):
-                image = item["image"] if self.decomposer.needs_image else None
-                dec = self.decomposer(graph[i], grid, segment[i], key_bias, image=image)
-                dec.timings["backbone_ms"] = backbone_ms
-                records.append(ImageSegments(
-                    stem=item["stem"], index=int(item["index"]), grid=tuple(grid),
-                    input_size=tuple(item["image"].shape[-2:]),
-                    orig_size=tuple(item.get("orig_size", item["image"].shape[-2:])),
-                    decomposition=dec,
-                ))
-                images[int(item["index"])] = item["image"]
+        with on_device:
+            for items, graph, segment, grid, backbone_ms in forwarded:
+                for i, item in enumerate(items):
+                    image = item["image"] if self.decomposer.needs_image else None
+                    dec = self.decomposer(graph[i], grid, segment[i], key_bias, image=image)
+                    dec.timings["backbone_ms"] = backbone_ms
+                    records.append(ImageSegments(
+                        stem=item["stem"], index=int(item["index"]), grid=tuple(grid),
+                        input_size=tuple(item["image"].shape[-2:]),
+                        orig_size=tuple(item.get("orig_size", item["image"].shape[-2:])),
+                        decomposition=dec,
+                    ))
+                    images[int(item["index"])] = item["image"]
         return {"records": records, "skipped": skipped, "images": images}
 
     def predict_step(self, batch: dict, batch_idx: int) -> Future:
