@@ -79,3 +79,4 @@ def test_speed_benchmark_prints_every_ratio_with_its_target(tmp_path):
     assert run["seconds"] > result["paper_forwards"]["total"] > 0
     for name in ("default discovery", "paper graphs", "paper run", "authors' per-image loop", "target"):
         assert name in proc.stdout
+    assert "[1/4]" in proc.stderr and "[4/4] the authors' per-image loop" in proc.stderr  # says what it measures

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -37,21 +38,25 @@ def bench_speed(overrides: list[str], *, images: int = 40, authors_images: int =
     script = _discover_script()
     cfg, decomposer, dataset = discovery_objects(overrides)
     backbone = instantiate(cfg.backbone)
+    _step(1, f"default discovery vs the backbone alone, {images} images")
     default = bench_discovery(backbone, decomposer, dataset, images=images, batch_size=cfg.batch_size,
                               num_workers=cfg.num_workers, reference_images=reference_images)
 
     paper_overrides = [PAPER, *overrides]
     pcfg, pdecomposer, pdataset = discovery_objects(paper_overrides)
+    _step(2, f"the paper's graphs and discovery, {images} images")
     paper_graphs = bench_discovery(backbone, pdecomposer, pdataset, images=images, batch_size=pcfg.batch_size,
                                    num_workers=pcfg.num_workers, reference_images=reference_images)
     backend = paper_graphs["backends"][pdecomposer.louvain.backend]
 
+    _step(3, f"the paper's whole discover.py run on the split ({len(pdataset)} images), then its forwards alone")
     with tempfile.TemporaryDirectory() as tmp:
         run = whole_run(paper_overrides, Path(tmp) / "run", script=script)
         crops = crops_per_batch(Path(tmp) / "run" / "segments", pcfg.batch_size)
     size = tuple(pdataset[0]["image"].shape[-2:])
     floor = forward_floor(backbone, images=run["summary"]["images"], batch_size=pcfg.batch_size, size=size,
                           crops=crops, crop_size=pcfg.labeling.crop_size)
+    _step(4, f"the authors' per-image loop, {authors_images} images")
     authors = authors_loop(backbone, pdecomposer, pdataset, authors_images, crop_size=pcfg.labeling.crop_size)
     n = run["summary"]["images"]
     ratios = {
@@ -71,6 +76,11 @@ def bench_speed(overrides: list[str], *, images: int = 40, authors_images: int =
                       "discovery_seconds": run["summary"].get("seconds_this_run")},
         "paper_forwards": floor, "authors": authors,
     }
+
+
+def _step(number: int, what: str) -> None:
+    """Say which measurement runs (the whole benchmark takes minutes and shows no bar of its own)."""
+    print(f"[{number}/4] {what}", file=sys.stderr, flush=True)
 
 
 def _meets(name: str, value: float) -> str:
