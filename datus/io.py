@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import errno
 import json
 import os
+import secrets
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,6 +20,41 @@ TMP_SUFFIX = ".tmp"
 
 def _owner() -> str:
     return f"{socket.gethostname().replace('.', '_')}.{os.getpid()}"
+
+
+#: This process's temporary files, each added before it exists and dropped once it is gone (renamed
+#: or deleted). A signal handler's exception (SIGTERM's ``Terminated``, Ctrl+C) lands between any two
+#: bytecodes, also ones no ``try`` covers yet (inside ``contextlib``'s ``__enter__``, between a file's
+#: creation and the line that binds its name); whatever such an interrupt left is deleted at exit.
+_IN_FLIGHT: set[Path] = set()
+
+
+@atexit.register
+def _remove_own_temporaries() -> None:
+    for tmp in list(_IN_FLIGHT):
+        tmp.unlink(missing_ok=True)
+        _IN_FLIGHT.discard(tmp)
+
+
+def _temporary(folder: Path, name: str) -> Path:
+    """A fresh temporary name beside ``folder/name``, registered in :data:`_IN_FLIGHT`: host and pid
+    (what the stale-file cleanup reads) and 64 random bits, so no other writer ever picks it."""
+    tmp = folder / f".{name}.{_owner()}.{secrets.token_hex(8)}{TMP_SUFFIX}"
+    _IN_FLIGHT.add(tmp)
+    return tmp
+
+
+def _discard(tmp: Path) -> None:
+    """Delete ``tmp`` if it still exists (it was renamed when the write succeeded); unregister it."""
+    tmp.unlink(missing_ok=True)
+    _IN_FLIGHT.discard(tmp)
+
+
+def _create(tmp: Path) -> int:
+    """Create ``tmp`` for writing (never an existing file) with the permissions any new file gets
+    under the user's umask (``tempfile.mkstemp`` would make every output 0600, unreadable to the
+    group a cluster shares results with)."""
+    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
 
 
 def _alive(pid: int) -> bool:
@@ -60,14 +96,14 @@ def remove_stale_temporaries(folder: str | Path, max_age_s: float = 86400.0) -> 
 def scratch_file(folder: str | Path, name: str) -> Iterator[Path]:
     """A temporary file in ``folder`` (deleted afterwards; a killed run's is removed by the next)."""
     folder = Path(folder)
-    with named_write_errors(folder / name):
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.{_owner()}.", suffix=TMP_SUFFIX)
-    os.close(fd)
+    tmp = _temporary(folder, name)
     try:
-        yield Path(tmp)
+        with named_write_errors(folder / name):
+            folder.mkdir(parents=True, exist_ok=True)
+            os.close(_create(tmp))
+        yield tmp
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        _discard(tmp)
 
 
 class WriteError(OSError):
@@ -115,18 +151,15 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
     path = Path(path)
     with named_write_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = None
-        try:  # from before the file exists: a SIGTERM (Terminated) right after mkstemp still cleans up
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_owner()}.", suffix=TMP_SUFFIX)
-            with os.fdopen(fd, "wb") as f:
+        tmp = _temporary(path.parent, path.name)  # named and registered before the file exists
+        try:
+            with os.fdopen(_create(tmp), "wb") as f:
                 yield f
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
-            raise
+        finally:
+            _discard(tmp)  # gone already when renamed
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
