@@ -313,3 +313,32 @@ def test_zero_shot_names_without_an_open_vocabulary_checkpoint_are_refused(tmp_p
             _load_entry_point("evaluate").main(cfg)
     finally:
         GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize("reader", ["open_vocabulary", "wnet_bank"])
+def test_an_unreadable_image_is_skipped_by_name_but_a_bad_mask_stops_the_run(tmp_path, reader):
+    """The open-vocabulary stage and W-Net's image bank go on past an image they cannot read, and
+    stop on a bad ground-truth mask: skipping it would change what is evaluated, and finding out at
+    evaluation would come after SAM or W-Net had run on the whole split."""
+    from datus.data import ImageFolder, MaskError
+    from datus.openvocab.stage import _images
+    from datus.wnet.data import ImageBank
+
+    _folder(tmp_path / "data", photos=range(4))
+    dataset = ImageFolder(root=tmp_path / "data", split="val", num_classes=3)  # masks checked: all good
+    (tmp_path / "data" / "val" / "images" / "img1.png").write_bytes(b"not a png")  # then the files change
+
+    def read(indices):
+        if reader == "open_vocabulary":
+            skipped = []
+            stems = [sample.stem for sample, _, _ in _images(dataset, indices, "reading", skipped)]
+            return stems, skipped
+        bank = ImageBank.build(dataset, tmp_path / f"bank{len(indices)}", (32, 32))
+        return bank.stems, bank.skipped
+
+    stems, skipped = read([0, 1, 2, 3])
+    assert stems == ["img0", "img2", "img3"]
+    assert [s["stem"] for s in skipped] == ["img1"] and "img1.png" in skipped[0]["error"]
+    (tmp_path / "data" / "val" / "true_masks" / "img2.png").write_bytes(b"truncated")
+    with pytest.raises(MaskError, match=r"img2\.png"):
+        read([0, 2, 3])

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from datus.data import DatasetError
+from datus.data import DatasetError, MaskError
 from datus.io import atomic_write, write_npz
 from datus.masks import read_mask, save_mask
 from datus.openvocab.automatic import AutomaticMasks
@@ -34,7 +34,8 @@ def label_path(folder: Path, stem: str, image: Path) -> Path:
 def _images(dataset, todo: list[int], description: str, skipped: list[dict], *, resized: bool = False):
     """Yield ``(sample, image, item)`` for each index of ``todo``, with a progress bar: ``image`` the
     ``(H, W, 3)`` uint8 photo as stored (what SAM sees), ``item`` the dataset's item resized for the
-    backbone when ``resized`` (from the same decoded image). An unreadable image goes to ``skipped``."""
+    backbone when ``resized`` (from the same decoded image). An unreadable image goes to ``skipped``;
+    a bad mask raises :class:`MaskError` (skipping its image would change what is evaluated)."""
     from rich.progress import track
 
     for i in track(todo, description=description, transient=True):
@@ -43,6 +44,8 @@ def _images(dataset, todo: list[int], description: str, skipped: list[dict], *, 
             raw = dataset.load(i)
             image = raw["image"].permute(1, 2, 0).numpy()
             item = dataset.transform(dict(raw)) if resized and dataset.transform is not None else raw
+        except MaskError:
+            raise  # a bad ground-truth mask stops the run now, not at evaluation after SAM has run
         except (DatasetError, OSError) as err:
             skipped.append({"index": i, "stem": sample.stem, "error": str(err)})
             log.warning("skipped %s: %s", sample.stem, err)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from datus.data import DatasetError
+from datus.data import DatasetError, MaskError
 from datus.io import atomic_write, load_json, write_json
 from datus.runs import files_fingerprint
 
@@ -71,6 +71,8 @@ class ImageBank(Dataset):
                            transient=True):
                 try:
                     image = dataset.load(i)["image"]
+                except MaskError:
+                    raise  # a bad ground-truth mask stops the run now, not at evaluation after training
                 except (DatasetError, OSError) as err:
                     skipped.append({"index": i, "stem": dataset.samples[i].stem, "error": str(err)})
                     continue
