@@ -30,20 +30,39 @@ SETTINGS_KEYS = ("backbone", "dataset", "resize", "graph")
 RUN_KEYS = (*SETTINGS_KEYS, "k", "labeling", "method", "seed", "postprocess")
 
 
-def absolute_root(container: dict) -> dict:
-    """``container`` with ``dataset.root`` made absolute: the same data named relatively from one
-    folder and absolutely (or through a link) shares one cache entry, and one relative name used
-    from two folders does not."""
+def backbone_identity(backbone: dict[str, Any]) -> dict[str, Any]:
+    """``backbone`` settings as a key: a checkpoint file (``backbone.weights=<path>``) is named by its
+    absolute path, size and modification time, so a file rewritten in place (a DINO run's
+    ``checkpoint.pth`` after another epoch) or one relative name used from two folders never reuses
+    what other weights computed. Named weights (``hub``, ``packaged``, ``random``) are kept as they
+    are; a missing file too (building the backbone names it)."""
+    weights = backbone.get("weights")
+    if weights is None or not Path(str(weights)).suffix:
+        return backbone
+    path = Path(str(weights)).expanduser().resolve()
+    if not path.is_file():
+        return backbone
+    return {**backbone, "weights": str(path), "weights_file": files_fingerprint([("weights", path)])}
+
+
+def resolve_files(container: dict) -> dict:
+    """``container`` with the files it names identified: ``dataset.root`` made absolute (the same
+    data named relatively from one folder and absolutely, or through a link, shares one cache entry,
+    and one relative name used from two folders does not) and the backbone's checkpoint file by
+    :func:`backbone_identity`."""
+    container = dict(container)
     root = container["dataset"].get("root")
-    if root is None:
-        return container
-    return {**container, "dataset": {**container["dataset"], "root": str(Path(root).expanduser().resolve())}}
+    if root is not None:
+        container["dataset"] = {**container["dataset"], "root": str(Path(root).expanduser().resolve())}
+    if isinstance(container.get("backbone"), dict):
+        container["backbone"] = backbone_identity(container["backbone"])
+    return container
 
 
 def cache_settings(container: dict[str, Any]) -> dict[str, Any]:
     """The cache key's settings of a resolved config; a randomly initialised backbone is only
     reproducible with its seed. A method may narrow or widen them (``Method.cache_key``)."""
-    container = absolute_root(container)
+    container = resolve_files(container)
     settings = {key: container[key] for key in SETTINGS_KEYS}
     if container["backbone"].get("weights") == "random":
         settings["seed"] = container["seed"]
@@ -54,7 +73,7 @@ def cache_settings(container: dict[str, Any]) -> dict[str, Any]:
 
 def run_settings(container: dict[str, Any]) -> dict[str, Any]:
     """What a run dir remembers of the resolved config that produced its pseudo masks."""
-    container = absolute_root(container)
+    container = resolve_files(container)
     settings = {key: container.get(key) for key in RUN_KEYS}
     if container.get("head") is not None:
         settings["head"] = container["head"]

@@ -16,6 +16,7 @@ import torch
 from hydra.errors import InstantiationException
 from PIL import Image
 
+from datus.backbones import build_backbone
 from datus.data import DemoImages
 from datus.refine import FeatureSpec, build_head, list_heads, load_refiner
 from datus.refine.data import PseudoMaskError
@@ -105,6 +106,13 @@ def test_the_feature_cache_is_reused_and_invalidated_by_a_settings_change(photos
     assert len(list(cache.iterdir())) == 4  # other features: new entries
     config = json.loads(next(cache.glob("*/config.json")).read_text())
     assert {"backbone", "resize", "features", "dataset"} <= set(config)
+    weights = tmp_path / "ckpt.pth"
+    for seed, entries in ((1, 6), (2, 8)):  # a checkpoint rewritten in place: new maps, not the old file's
+        torch.manual_seed(seed)
+        torch.save(build_backbone("tiny_vit", weights="random").model.state_dict(), weights)
+        _refine(photos, tmp_path / f"w{seed}", "linear_head", f"cache_dir={tmp_path / 'cache'}", "debug=fdr",
+                "postprocess=none", f"backbone.weights={weights}")
+        assert len(list(cache.iterdir())) == entries
 
 
 def test_cached_maps_equal_the_backbone_features(photos, tmp_path):

@@ -320,14 +320,14 @@ def _folder_split(root: Path, stems: list[str]) -> None:
             photo.convert("RGB").resize((96, 72)).save(images / f"{stem}.png")
 
 
-def _discover_folder(root: Path, out: Path, cache: Path) -> dict:
+def _discover_folder(root: Path, out: Path, cache: Path, *extra: str) -> dict:
     from datus.cli import seed_everything
     from datus.cli.discover import pipeline_kwargs
     from tests.conftest import compose_config
 
     cfg = compose_config("discover", ["backbone=tiny_vit", "resize.size=64", "dataset=folder", f"dataset.root={root}",
                                       "dataset.split=all", "k=3", "logger=none", "trainer.enable_progress_bar=false",
-                                      "graph.min_patches=2", f"cache_dir={cache}", "overwrite=true"], out)
+                                      "graph.min_patches=2", f"cache_dir={cache}", "overwrite=true", *extra], out)
     seed_everything(cfg.seed)
     return run_pipeline(**pipeline_kwargs(cfg, out))
 
@@ -369,6 +369,39 @@ def test_the_cache_follows_the_files_of_the_split(tmp_path, edit):
     if edit == "delete":  # the same output dir: the deleted image's mask is gone too
         again = _discover_folder(root, tmp_path / "before", cache)
         assert again["computed_this_run"] == 0 and sorted(_masks(tmp_path / "before")) == ["b1", "b3", "b4"]
+
+
+def test_a_checkpoint_rewritten_in_place_is_not_served_from_the_cache(tmp_path, monkeypatch):
+    """``backbone.weights=<file>``: a checkpoint rewritten under the same name (a DINO run's
+    ``checkpoint.pth`` after another epoch) gives the new weights' masks, not the cached ones of the
+    old file (the key held only the path string: old masks, exit 0); the same relative name used from
+    two folders names two files."""
+    root, cache = tmp_path / "data", tmp_path / "cache"
+    _folder_split(root, ["b1", "b2", "b3"])
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+
+    def save_weights(path: Path, seed: int) -> None:
+        torch.manual_seed(seed)
+        torch.save(build_backbone("tiny_vit", weights="random").model.state_dict(), path)
+
+    save_weights(tmp_path / "a" / "ckpt.pth", 1)
+    monkeypatch.chdir(tmp_path / "a")
+    first = _discover_folder(root, tmp_path / "first", cache, "backbone.weights=ckpt.pth")
+    save_weights(tmp_path / "a" / "ckpt.pth", 2)  # rewritten in place
+    second = _discover_folder(root, tmp_path / "second", cache, "backbone.weights=ckpt.pth")
+    clean = _discover_folder(root, tmp_path / "clean", tmp_path / "clean_cache", "backbone.weights=ckpt.pth")
+    assert first["computed_this_run"] == second["computed_this_run"] == clean["computed_this_run"] == 3
+    assert second["cache_entry"] != first["cache_entry"]
+    masks, clean_masks, old_masks = _masks(tmp_path / "second"), _masks(tmp_path / "clean"), _masks(tmp_path / "first")
+    assert all(np.array_equal(m, clean_masks[s]) for s, m in masks.items())
+    assert not all(np.array_equal(m, old_masks[s]) for s, m in masks.items())  # the weights did change the masks
+    again = _discover_folder(root, tmp_path / "again", cache, "backbone.weights=ckpt.pth")
+    assert again["computed_this_run"] == 0 and again["cache_entry"] == second["cache_entry"]  # unchanged: reused
+    (tmp_path / "b" / "ckpt.pth").write_bytes((tmp_path / "a" / "ckpt.pth").read_bytes())
+    monkeypatch.chdir(tmp_path / "b")  # same relative name, another file (same bytes, another path and time)
+    other = _discover_folder(root, tmp_path / "other", cache, "backbone.weights=ckpt.pth")
+    assert other["computed_this_run"] == 3 and other["cache_entry"] != second["cache_entry"]
 
 
 def test_a_damaged_shard_is_named_set_aside_and_recomputed(tmp_path, caplog):

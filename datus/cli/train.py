@@ -13,7 +13,7 @@ from datus.refine.callbacks import RandomStateCheckpoint
 from datus.refine.checkpoint_io import AtomicCheckpointIO
 from datus.refine.data import pseudo_mask_folder
 from datus.refine.run import run_refinement
-from datus.runs import absolute_root
+from datus.runs import resolve_files
 
 
 def feature_cache(cfg: DictConfig, out_dir: Path) -> FeatureCache:
@@ -70,8 +70,9 @@ def training_settings(cfg: DictConfig) -> dict:
     the data, the model, the frozen backbone and its input, the seed and the epoch count (a one-cycle
     schedule fixed for N epochs cannot be extended to more)."""
     container = OmegaConf.to_container(cfg, resolve=True)
+    container = resolve_files(container)
     settings = {key: container.get(key) for key in ("model", "backbone", "resize", "seed", "train_split", "val_split")}
-    settings["dataset"] = absolute_root(container)["dataset"]
+    settings["dataset"] = container["dataset"]
     settings["trainer.max_epochs"] = container["trainer"].get("max_epochs")
     return settings
 

@@ -137,7 +137,7 @@ class Projection:
                cache: FeatureCache) -> ProjectedBackbone:
         """``backbone`` with the head trained on ``dataset``'s frozen features (or loaded from the cache);
         the head is kept beside the feature maps, in ``cache``'s ``projection/<hash>`` folder."""
-        from datus.runs import make_once
+        from datus.runs import backbone_identity, make_once
 
         in_dim = self.features.dim(backbone)
         if self.checkpoint is not None:
@@ -145,8 +145,8 @@ class Projection:
             self.report = {"name": self.name, "path": str(self.checkpoint), "digest": file_digest(self.checkpoint),
                            "trained_this_run": False}
             return ProjectedBackbone(backbone, head, features=self.features.names, blocks=self.features.blocks)
-        settings = {"backbone": backbone_settings, "resize": repr(resize), "dataset": dataset_identity(dataset),
-                    "head": self.settings()}
+        settings = {"backbone": backbone_identity(dict(backbone_settings)), "resize": repr(resize),
+                    "dataset": dataset_identity(dataset), "head": self.settings()}
         folder = cache.folder(settings, kind="projection")
         path = folder / "head.pt"
 

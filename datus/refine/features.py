@@ -195,10 +195,10 @@ class FeatureCache:
         import copy
 
         from datus.io import remove_stale_temporaries, write_json
-        from datus.runs import job_lock
+        from datus.runs import backbone_identity, job_lock
         from datus.shards import predict_missing
 
-        settings = {"backbone": backbone_settings, "resize": repr(resize), "features": spec.as_dict(),
+        settings = {"backbone": backbone_identity(dict(backbone_settings)), "resize": repr(resize), "features": spec.as_dict(),
                     "dataset": dataset_identity(dataset)}
         folder = self.folder(settings)
         remove_stale_temporaries(folder)
