@@ -363,3 +363,67 @@ def test_train_refuses_k_above_the_mask_format(photos, tmp_path):
 
     with pytest.raises(PseudoMaskError, match="k=300: K must be an integer from 2 to 255"):
         _refine(photos, tmp_path, "linear_head", "k=300")
+
+
+def _three_val_images(photos, root, refused: bool = False):
+    """``photos``' data with a third val photo (if ``refused``, as a 200x20 strip the resize refuses:
+    aspect ratio 10 > 8) with its 3-class mask; the train split and pseudo masks as before."""
+    import shutil
+
+    shutil.copytree(photos / "data", root)
+    item = DemoImages()[2]  # a third val photo (the split had two)
+    image = item["image"].permute(1, 2, 0).numpy()[::4, ::4]
+    if refused:
+        image = np.resize(image, (20, 200, 3))
+    Image.fromarray(np.ascontiguousarray(image)).save(root / "val" / "images" / f"{item['stem']}.png")
+    Image.fromarray((image.mean(axis=2) // 86).astype(np.uint8)).save(root / "val" / "true_masks" / f"{item['stem']}.png")
+    return ["dataset=folder", f"dataset.root={root}", "dataset.num_classes=3"]
+
+
+def _evaluate(data, ckpt, cache, out):
+    proc = subprocess.run(
+        [sys.executable, "evaluate.py", *data, "dataset.split=val", f"ckpt={ckpt}", "logger=none", "postprocess=none",
+         f"cache_dir={cache}", f"hydra.run.dir={out}"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "metrics.json").read_text()), proc.stdout + proc.stderr
+
+
+def test_a_val_image_without_features_counts_as_wrong_in_validation_and_evaluation(photos, tmp_path, caplog):
+    """A val image the resize refuses has no feature map: validation used to leave it out (a higher
+    val/miou that also chose the best checkpoint, exit 0) and evaluate.py ckpt= stopped on a bare
+    KeyError. Both now count its labelled pixels as wrong, so they agree, and both say so."""
+    data = _three_val_images(photos, tmp_path / "data", refused=True)
+    overrides = [o for o in _overrides(photos, tmp_path, "linear_head", "trainer.max_epochs=1", "postprocess=none")
+                 if not o.startswith("dataset.")]
+    cfg = compose_config("train", [*overrides, *data[1:]], tmp_path)
+    from datus.cli.train import refine_from_config
+
+    with caplog.at_level("WARNING"):
+        history = refine_from_config(cfg, loggers=[])
+    assert "1 of 3 val images have no feature map" in caplog.text and "counts their labelled pixels as wrong" in caplog.text
+    metrics, output = _evaluate(data, history[-1]["best_checkpoint"], tmp_path / "cache", tmp_path / "eval")
+    assert metrics["images"] == 3 and metrics["coverage"] < 0.97  # the strip's pixels: labelled, predicted 255
+    assert metrics["miou"] == pytest.approx(history[-1]["best_val_miou"], abs=1e-6)
+    assert "every labelled pixel of theirs counts as wrong" in output
+
+
+@pytest.mark.slow
+def test_ddp_validation_scores_each_val_image_once(photos, tmp_path):
+    """3 val images on 2 ranks: Lightning's sampler padded rank 1 with the first image, and the
+    summed confusion scored it twice (val/miou and the best checkpoint off, exit 0). The DDP
+    run's val/miou now equals evaluate.py's score of its checkpoint on one process."""
+    data = _three_val_images(photos, tmp_path / "data")
+    base = [o for o in _overrides(photos, tmp_path, "linear_head", "trainer.max_epochs=1", "postprocess=none")
+            if not o.startswith(("dataset.", "hydra.run.dir="))]
+    warm = compose_config("train", [*base, *data[1:]], tmp_path / "warm")  # the feature maps, computed once
+    from datus.cli.train import refine_from_config
+
+    refine_from_config(warm, loggers=[])
+    proc = subprocess.run([sys.executable, "train.py", *[o for o in base if not o.startswith("dataset=")], *data,
+                           "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                           f"hydra.run.dir={tmp_path / 'ddp'}"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    entry = json.loads((tmp_path / "ddp" / "train_summary.json").read_text())["rounds"][-1]
+    metrics, _ = _evaluate(data, entry["best_checkpoint"], tmp_path / "cache", tmp_path / "eval")
+    assert metrics["miou"] == pytest.approx(entry["best_val_miou"], abs=1e-6)

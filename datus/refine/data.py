@@ -161,6 +161,23 @@ def _collate(items: list[dict]) -> dict[str, Any]:
     }
 
 
+def validation_sampler(dataset: Dataset) -> torch.utils.data.Sampler | None:
+    """Under DDP, each validation image on exactly one rank; None (Lightning's default) otherwise.
+
+    Lightning's ``DistributedSampler`` pads a split to a multiple of the ranks by repeating images,
+    and the confusion summed over the ranks would count those twice (3 images on 2 ranks: the first
+    scored twice). The unrepeated sampler gives ranks unequal shares, which validation allows: its
+    only collective is the metric's sync at the end of the epoch.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return None
+    from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+
+    return UnrepeatedDistributedSampler(dataset, shuffle=False)
+
+
 class PseudoMaskDataModule(pl.LightningDataModule):
     """Train on ``train``'s pseudo masks; validate on ``val``'s ground truth (when it has any)."""
 
@@ -182,4 +199,5 @@ class PseudoMaskDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:
             return []
-        return DataLoader(self.val_set, batch_size=1, num_workers=self.num_workers, collate_fn=_collate)
+        return DataLoader(self.val_set, batch_size=1, num_workers=self.num_workers, collate_fn=_collate,
+                          sampler=validation_sampler(self.val_set))

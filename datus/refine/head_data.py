@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from datus.refine.data import validation_sampler
 from datus.refine.features import FeatureIndex
 
 
@@ -96,4 +97,4 @@ class FeatureMaskDataModule(pl.LightningDataModule):
         if self.val_set is None:
             return []
         return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers,
-                          collate_fn=collate_maps)
+                          collate_fn=collate_maps, sampler=validation_sampler(self.val_set))

@@ -12,6 +12,7 @@ from its settings, never copied into the checkpoint).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from datus.refine.features import FeatureCache, FeatureIndex, FeatureSpec, featu
 from datus.refine.head_data import FeatureMaskDataModule, FeatureMasks
 from datus.refine.heads import AlignBlock, build_head
 from datus.refine.optim import configure_optimizers, finish_validation
+
+log = logging.getLogger(__name__)
 
 
 class HeadModule(pl.LightningModule):
@@ -74,6 +77,8 @@ class HeadModule(pl.LightningModule):
         self.image_of: Callable[[int], np.ndarray] | None = None
         self._pictures: list[dict[str, np.ndarray]] = []
         self._frozen: dict[str, Backbone] = {}  # not a submodule: never in the checkpoint, never trained
+        #: ground truth of the validation images without a feature map (scored as all unlabelled)
+        self._unscored_masks: list[Tensor] = []
 
     # -- features of new images ------------------------------------------------------------
     @property
@@ -119,13 +124,22 @@ class HeadModule(pl.LightningModule):
             val_index = self.feature_index(val, cache)
             val_set = FeatureMasks(val_index, sorted(val_index.entries), lambda i: val.read_mask(val.samples[i]))
             self.image_of = lambda i: val.load(i)["image"].permute(1, 2, 0).numpy()
+            unscored = [i for i in range(len(val)) if i not in val_index]
+            if unscored:
+                log.warning("%d of %d %s images have no feature map (skipped when the maps were computed: "
+                            "unreadable or refused by the resize, e.g. %s); validation counts their labelled "
+                            "pixels as wrong", len(unscored), len(val), val.split, val.samples[unscored[0]].image)
+            self._unscored_masks = [torch.from_numpy(val.read_mask(val.samples[i])) for i in unscored]
         return FeatureMaskDataModule(train_set, val_set, **data)
 
-    def logits_source(self, dataset, cache: FeatureCache | None = None) -> Callable[[int], Tensor]:
-        """``index -> (K, h, w)`` logits of that image of ``dataset`` (from its cached feature map)."""
+    def logits_source(self, dataset, cache: FeatureCache | None = None) -> Callable[[int], Tensor | None]:
+        """``index -> (K, h, w)`` logits of that image of ``dataset`` (from its cached feature map;
+        None for an image that has none)."""
         index = self.feature_index(dataset, cache)
 
-        def logits(i: int) -> Tensor:
+        def logits(i: int) -> Tensor | None:
+            if i not in index:
+                return None  # no feature map: the image was skipped when the maps were computed
             fmap = torch.from_numpy(np.array(index[i], dtype=np.float32))[None].to(self.device)
             return self(fmap)[0]
 
@@ -214,6 +228,10 @@ class HeadModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         if self.val_metric is not None:
+            if self.trainer.is_global_zero:  # once: the metric sums the ranks' confusions
+                for truth in self._unscored_masks:  # no prediction: every labelled pixel is wrong
+                    truth = truth.to(self.device)
+                    self.val_metric.update(torch.full_like(truth, UNLABELLED), truth)
             finish_validation(self, self._pictures)
         self._pictures = []
 

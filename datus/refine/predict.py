@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.progress import track
 
 from datus.data import SegmentationDataset
-from datus.masks import save_masks
+from datus.masks import UNLABELLED, save_masks
 from datus.metrics import ClusterConfusion
 from datus.postprocess import DenseCRF, labels_from_scores
+
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
 def write_predictions(
-    logits_of: Callable[[int], torch.Tensor],
+    logits_of: Callable[[int], torch.Tensor | None],
     dataset: SegmentationDataset,
     num_clusters: int,
     out_dir: str | Path | None = None,
@@ -25,7 +29,8 @@ def write_predictions(
     evaluate: bool = True,
     matching: str = "hungarian",
 ) -> dict[str, Any]:
-    """Label every image of ``dataset`` at its original size from ``logits_of(index)`` (``(K, h, w)``).
+    """Label every image of ``dataset`` at its original size from ``logits_of(index)`` (``(K, h, w)``;
+    None when the image has no prediction: its mask is unlabelled, so it counts as wrong, never skipped).
 
     Logits are upsampled bilinearly (or sharpened by ``crf`` with the image); writes
     ``out_dir/pseudo_masks/<stem>.png`` and ``pseudo_masks_color/`` as discover.py does (so a
@@ -35,12 +40,19 @@ def write_predictions(
     metric = ClusterConfusion(num_clusters, list(dataset.classes), matching=matching) \
         if evaluate and dataset.has_masks else None
 
+    unscored: list[str] = []
+
     def masks():
         for index in track(range(len(dataset)), description=f"predicting {dataset.split}", transient=True):
             item = dataset.load(index)
             size = tuple(item["image"].shape[-2:])
             image = item["image"].permute(1, 2, 0).numpy() if crf is not None else None
-            mask = labels_from_scores(logits_of(index).float().cpu(), size, image, crf)
+            logits = logits_of(index)
+            if logits is None:  # no feature map: an unlabelled mask, scored as wrong wherever labelled
+                unscored.append(str(dataset.samples[index].image))
+                mask = np.full(size, UNLABELLED, dtype=np.uint8)
+            else:
+                mask = labels_from_scores(logits.float().cpu(), size, image, crf)
             if metric is not None:
                 metric.update(torch.from_numpy(mask).long(), item["mask"])
             yield item["stem"], mask, size
@@ -50,6 +62,10 @@ def write_predictions(
             pass
     else:
         save_masks(Path(out_dir), masks(), num_clusters)
+    if unscored:
+        log.warning("%d of %d %s images have no feature map (skipped when the maps were computed: unreadable or "
+                    "refused by the resize, e.g. %s): their masks are unlabelled, so every labelled pixel of theirs "
+                    "counts as wrong", len(unscored), len(dataset), dataset.split, unscored[0])
     return metric.compute() if metric is not None else {}
 
 
