@@ -245,6 +245,32 @@ def test_pseudo_masks_of_the_wrong_size_are_refused(photos, tmp_path):
         _refine(photos, tmp_path, "linear_head", f"pseudo_masks={masks}", "debug=fdr")
 
 
+def test_pseudo_masks_of_a_photo_with_exif_rotation_are_accepted(tmp_path):
+    """A camera photo stored landscape with EXIF orientation 6 is read portrait (as it is shown), and
+    discover.py writes its mask portrait; train.py compared that with the file's stored landscape
+    size and refused discover.py's own masks ("is 480x360, its image 360x480")."""
+    from datus.data import ImageFolder
+    from datus.masks import save_mask
+    from datus.refine.data import check_pseudo_masks
+
+    images = tmp_path / "data" / "train" / "images"
+    images.mkdir(parents=True)
+    photo = Image.fromarray(DemoImages()[0]["image"].permute(1, 2, 0).numpy()[:60:2, :80:2].copy())
+    exif = photo.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    photo.save(images / "camera.jpg", exif=exif)
+    dataset = ImageFolder(tmp_path / "data", "train")
+    height, width = dataset.load(0)["image"].shape[-2:]
+    assert (height, width) == (40, 30)  # portrait, as shown
+    mask = np.zeros((height, width), np.uint8)
+    mask[:5] = 2
+    save_mask(tmp_path / "masks" / "camera.png", mask)
+    assert check_pseudo_masks(dataset, tmp_path / "masks") == 3  # accepted; K inferred from the labels
+    save_mask(tmp_path / "masks" / "camera.png", np.zeros((width, height), np.uint8))  # the stored orientation
+    with pytest.raises(PseudoMaskError, match=r"camera.png is 40x30, its image 30x40"):
+        check_pseudo_masks(dataset, tmp_path / "masks")
+
+
 def test_a_head_that_does_not_fit_the_backbone_is_refused(photos, tmp_path):
     from datus.backbones import BackboneError
 

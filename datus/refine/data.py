@@ -14,6 +14,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from datus.data import SegmentationDataset
+from datus.data.io import image_size
 from datus.masks import check_k, infer_k, largest_label, read_mask
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,6 @@ def check_pseudo_masks(dataset: SegmentationDataset, masks_dir: str | Path, k: i
     Refuses, naming the files: a missing folder or mask, a mask whose size is not its image's,
     and labels that are neither below ``k`` nor 255 (unlabelled).
     """
-    from PIL import Image
-
     masks_dir = Path(masks_dir)
     if not masks_dir.is_dir():
         raise PseudoMaskError(f"pseudo_masks={masks_dir}: no such folder")
@@ -62,8 +61,7 @@ def check_pseudo_masks(dataset: SegmentationDataset, masks_dir: str | Path, k: i
             missing.append(sample.stem)
             continue
         mask = read_label_png(path)
-        with Image.open(sample.image) as image:
-            width, height = image.size
+        height, width = image_size(sample.image)  # as the dataset reads it: EXIF orientation applied
         if mask.shape != (height, width):
             wrong_size.append(f"{path.name} is {mask.shape[1]}x{mask.shape[0]}, its image {width}x{height}")
         top = largest_label(mask)
