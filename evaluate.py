@@ -37,12 +37,13 @@ def _zero_shot(module, settings, dataset) -> int:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float:
-    check_matching(cfg.matching)
+    if cfg.matching is not None:
+        check_matching(cfg.matching)
     if cfg.zero_shot.names and cfg.ckpt is None:
         raise EvaluationError("zero_shot.names segments new class names with a model=align_text checkpoint: pass ckpt=")
     if (cfg.masks is None) == (cfg.ckpt is None):
         raise EvaluationError("pass exactly one of masks=DIR_OF_PNGS or ckpt=PATH (a train.py checkpoint)")
-    masks, k = cfg.masks, cfg.k
+    masks, k, matching = cfg.masks, cfg.k, cfg.matching or "hungarian"
     if masks is not None and not Path(masks).is_dir():
         raise EvaluationError(f"masks={masks}: no such folder")
     if cfg.ckpt is not None and not Path(cfg.ckpt).is_file():
@@ -62,8 +63,13 @@ def main(cfg: DictConfig) -> float:
         predict_split(module, dataset, out_dir, cache=feature_cache(cfg, out_dir), crf=postprocessor(cfg),
                       evaluate=False)
         masks, k = out_dir / "pseudo_masks", module.hparams.num_clusters
+        trained = module.hparams.get("matching", "hungarian")
+        if cfg.matching is None:
+            matching = trained  # scored as it was validated
+        elif cfg.matching != trained:
+            log.warning("matching=%s, but ckpt=%s was validated with matching=%s", cfg.matching, cfg.ckpt, trained)
     result, samples = evaluate_masks(dataset, masks_dir=masks, num_clusters=k, protocol=cfg.protocol,
-                                     matching=cfg.matching, allow_missing=cfg.allow_missing, num_samples=cfg.num_samples)
+                                     matching=matching, allow_missing=cfg.allow_missing, num_samples=cfg.num_samples)
     write_report(out_dir, result, samples, list(dataset.classes))
     print(format_table(result))
     loggers = instantiate_loggers(cfg.logger)

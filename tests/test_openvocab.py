@@ -278,11 +278,27 @@ def test_the_alignment_module_learns_the_clip_sam_labels_on_frozen_features_and_
     module.head.set_prototypes(torch.from_numpy(text))
     logits = module.head.eval()(torch.randn(1, module.in_dim, 4, 5))
     assert logits.shape == (1, 2, 4, 5)
-    # and from the command line: evaluate.py segments val with three other names, scored by identity
     import json
 
     from tests.test_bad_input import _load_entry_point
 
+    # evaluate.py scores the checkpoint as it was validated (identity) unless told otherwise; it used
+    # to apply the Hungarian matching silently (a different number from the validation's)
+    for matching, expected in ((None, "identity"), ("hungarian", "hungarian")):
+        out = tmp_path / f"eval_{matching}"
+        cfg = compose_config("evaluate", [*[d for d in data if not d.startswith("dataset.split")], "dataset.split=val",
+                                          f"ckpt={entry['best_checkpoint']}", "logger=none", "postprocess=none",
+                                          f"cache_dir={tmp_path / 'c'}", "trainer.enable_progress_bar=false",
+                                          *([f"matching={matching}"] if matching else [])], out)
+        try:
+            _load_entry_point("evaluate").main(cfg)
+        finally:
+            GlobalHydra.instance().clear()
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["matching"]["method"] == expected
+        if matching is None:
+            assert metrics["miou"] == pytest.approx(entry["best_val_miou"], abs=1e-5)
+    # and from the command line: evaluate.py segments val with three other names, scored by identity
     out = tmp_path / "zero_shot"
     cfg = compose_config("evaluate", [*[d for d in data if not d.startswith("dataset.split")], "dataset.split=val",
                                       f"ckpt={entry['best_checkpoint']}", "matching=identity", "logger=none",
