@@ -2,7 +2,7 @@
 
 A mask is a single-channel uint8 PNG at the image's original size, one cluster id per pixel
 (0..K-1) and :data:`UNLABELLED` (255) where no cluster was given; ``pseudo_masks_color/`` holds
-the same indices as palette PNGs with a ``legend.png``. Label maps are resized with nearest
+the same indices as palette PNGs, with ``legend.png`` beside the folder. Label maps are resized with nearest
 neighbours only: labels are never interpolated.
 """
 
@@ -136,7 +136,8 @@ def save_legend(path: Path, k: int, colors: np.ndarray, names: list[str] | None 
 
 
 def save_masks(out_dir: Path, masks: Iterable[tuple[str, np.ndarray, tuple[int, int]]], k: int) -> dict:
-    """Write ``pseudo_masks/<stem>.png`` and ``pseudo_masks_color/<stem>.png`` at original size.
+    """Write ``pseudo_masks/<stem>.png`` and ``pseudo_masks_color/<stem>.png`` at original size, and
+    the colours' ``legend.png`` beside them.
 
     ``masks`` yields ``(stem, labels, (H, W) original size)``: labels per patch ``(h, w)``
     (upsampled here, nearest) or already at the original size. Masks left in those folders by
@@ -152,10 +153,11 @@ def save_masks(out_dir: Path, masks: Iterable[tuple[str, np.ndarray, tuple[int, 
         save_mask(out_dir / "pseudo_masks" / f"{stem}.png", mask)
         save_color_mask(out_dir / "pseudo_masks_color" / f"{stem}.png", mask, colors)
         counts += np.bincount(mask.ravel(), minlength=256)
-    save_legend(out_dir / "pseudo_masks_color" / "legend.png", k, colors)
+    # beside the folders, not in them: an image may be called "legend" (its colour mask was overwritten)
+    save_legend(out_dir / "legend.png", k, colors)
     for folder in ("pseudo_masks", "pseudo_masks_color"):
         for stale in (out_dir / folder).glob("*.png"):
-            if stale.name not in written and stale.name != "legend.png":
+            if stale.name not in written:
                 stale.unlink()
     total = counts.sum()
     return {

@@ -52,7 +52,7 @@ def global_rank() -> int:
 
 #: What a run writes into its output dir (removed when overwrite=true replaces another run).
 RUN_OUTPUTS = ("pseudo_masks", "pseudo_masks_color", "labeling", "pictures", "segments", "patch_tokens",
-               "patch_keys", "metrics.json", "summary.json", "confusion_matrix.png", "samples.png")
+               "patch_keys", "metrics.json", "summary.json", "confusion_matrix.png", "samples.png", "legend.png")
 
 
 def _claim_output_dir(out_dir: Path, run_settings: dict[str, Any], overwrite: bool) -> None:

@@ -61,7 +61,8 @@ def test_pseudo_masks_have_the_original_size_and_valid_labels(tmp_path, features
         assert values <= set(range(4)) | {255}
         colour = Image.open(tmp_path / "pseudo_masks_color" / f"{sample.stem}.png")
         assert colour.mode == "P" and np.array_equal(np.asarray(colour), mask)  # palette image = label image
-    assert (tmp_path / "pseudo_masks_color" / "legend.png").is_file()
+    assert (tmp_path / "legend.png").is_file()
+    assert sorted(p.stem for p in (tmp_path / "pseudo_masks_color").iterdir()) == sorted(masks)  # only the masks
     labelling = summary["labeling"]
     assert labelling["segment_features"] == features and labelling["k"] == 4
     assert sum(labelling["cluster_pixels"]) > 0
@@ -369,6 +370,21 @@ def test_the_cache_follows_the_files_of_the_split(tmp_path, edit):
     if edit == "delete":  # the same output dir: the deleted image's mask is gone too
         again = _discover_folder(root, tmp_path / "before", cache)
         assert again["computed_this_run"] == 0 and sorted(_masks(tmp_path / "before")) == ["b1", "b3", "b4"]
+
+
+def test_an_image_called_legend_keeps_its_colour_mask(tmp_path):
+    """The colours' legend was written into pseudo_masks_color/ as legend.png, over the colour mask
+    of an image called legend (and an earlier run's legend there is now removed as stale)."""
+    from datus.masks import save_masks
+
+    (tmp_path / "pseudo_masks_color").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "pseudo_masks_color" / "legend.png")  # an earlier run's legend
+    mask = np.arange(48, dtype=np.uint8).reshape(6, 8) % 3
+    save_masks(tmp_path, [("legend", mask, (6, 8)), ("other", mask[::-1], (6, 8))], k=3)
+    colour = Image.open(tmp_path / "pseudo_masks_color" / "legend.png")
+    assert colour.mode == "P" and np.array_equal(np.asarray(colour), mask)
+    assert sorted(p.name for p in (tmp_path / "pseudo_masks_color").iterdir()) == ["legend.png", "other.png"]
+    assert Image.open(tmp_path / "legend.png").size[0] > 50  # the legend, beside the folders
 
 
 def test_a_checkpoint_rewritten_in_place_is_not_served_from_the_cache(tmp_path, monkeypatch):
