@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from datus.backbones import Backbone
 from datus.data import SegmentationDataset
@@ -26,7 +25,7 @@ from datus.methods import STAGES, Job, Method
 from datus.postprocess import DenseCRF
 from datus.projection import Projection
 from datus.refine.features import FeatureCache
-from datus.runs import cache_entry, check_settings, shard_range
+from datus.runs import cache_entry, check_settings, global_rank, shard_range
 from datus.shards import PredictLoop, dataset_manifest
 
 log = logging.getLogger(__name__)
@@ -43,11 +42,6 @@ class StageClock:
         now = time.perf_counter()
         self.seconds[stage] = round(now - self._last, 3)
         self._last = now
-
-
-def global_rank() -> int:
-    """This process's rank (0 without DDP): Lightning sets it from the launcher's environment."""
-    return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 
 #: What a run writes into its output dir (removed when overwrite=true replaces another run).

@@ -144,6 +144,14 @@ def cache_entry(cache_dir: str | Path, kind: str, settings: dict[str, Any]) -> P
     return folder
 
 
+def global_rank() -> int:
+    """This process's rank (0 without DDP): Lightning sets it from the launcher's environment, so it
+    is known before the process group exists (what per-rank locks need)."""
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
+
+
 @contextmanager
 def job_lock(path: str | Path, what: str) -> Iterator[None]:
     """Hold an exclusive file lock on ``path`` while computing ``what``; wait (and say so) if taken."""

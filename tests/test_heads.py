@@ -437,14 +437,12 @@ def test_a_val_image_without_features_counts_as_wrong_in_validation_and_evaluati
 def test_ddp_validation_scores_each_val_image_once(photos, tmp_path):
     """3 val images on 2 ranks: Lightning's sampler padded rank 1 with the first image, and the
     summed confusion scored it twice (val/miou and the best checkpoint off, exit 0). The DDP
-    run's val/miou now equals evaluate.py's score of its checkpoint on one process."""
+    run's val/miou now equals evaluate.py's score of its checkpoint on one process. The feature
+    cache starts cold: rank 1 used to wait on rank 0's cache lock while rank 0's predict loop waited
+    for rank 1 (a hang)."""
     data = _three_val_images(photos, tmp_path / "data")
     base = [o for o in _overrides(photos, tmp_path, "linear_head", "trainer.max_epochs=1", "postprocess=none")
             if not o.startswith(("dataset.", "hydra.run.dir="))]
-    warm = compose_config("train", [*base, *data[1:]], tmp_path / "warm")  # the feature maps, computed once
-    from datus.cli.train import refine_from_config
-
-    refine_from_config(warm, loggers=[])
     proc = subprocess.run([sys.executable, "train.py", *[o for o in base if not o.startswith("dataset=")], *data,
                            "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
                            f"hydra.run.dir={tmp_path / 'ddp'}"], cwd=PROJECT_ROOT, capture_output=True, text=True,

@@ -195,7 +195,7 @@ class FeatureCache:
         import copy
 
         from datus.io import remove_stale_temporaries, write_json
-        from datus.runs import backbone_identity, job_lock
+        from datus.runs import backbone_identity, global_rank, job_lock
         from datus.shards import predict_missing
 
         settings = {"backbone": backbone_identity(dict(backbone_settings)), "resize": repr(resize), "features": spec.as_dict(),
@@ -206,7 +206,9 @@ class FeatureCache:
         if len(store.done_indices()) < len(dataset):
             resized = copy.copy(dataset)
             resized.transform = resize
-            with job_lock(folder / ".lock", f"feature maps in {folder}"):
+            # one lock per rank: under DDP every rank computes its share in one predict loop (rank 1,
+            # waiting on rank 0's lock, would leave rank 0 waiting for it in the loop: a hang)
+            with job_lock(folder / f".lock-rank{global_rank()}", f"feature maps in {folder}"):
                 write_json(folder / "config.json", settings)
                 model = backbone()
                 computed = len(predict_missing(FeatureExtractor(model, spec), resized, store, self.make_trainer,
