@@ -451,3 +451,18 @@ def test_ddp_validation_scores_each_val_image_once(photos, tmp_path):
     entry = json.loads((tmp_path / "ddp" / "train_summary.json").read_text())["rounds"][-1]
     metrics, _ = _evaluate(data, entry["best_checkpoint"], tmp_path / "cache", tmp_path / "eval")
     assert metrics["miou"] == pytest.approx(entry["best_val_miou"], abs=1e-6)
+
+
+def test_refining_a_split_never_picks_its_checkpoint_with_that_splits_ground_truth(photos, tmp_path, caplog):
+    """``discover.py dataset.split=val refine=true`` trained on val's pseudo masks and validated on
+    val's ground truth: the labels chose the checkpoint whose masks were then scored on them."""
+    import shutil
+
+    masks = tmp_path / "val_pseudo"
+    shutil.copytree(photos / "data" / "val" / "true_masks", masks)  # any masks of val's images
+    with caplog.at_level("WARNING"):
+        history = _refine(photos, tmp_path, "linear_head", "train_split=val", "val_split=val", f"pseudo_masks={masks}",
+                          "trainer.max_epochs=1", "postprocess=none")
+    assert "val_split=val is the split being refined" in caplog.text
+    assert "best_val_miou" not in history[-1] and history[-1]["best_checkpoint"].endswith("last.ckpt")
+    assert not (tmp_path / "val_pictures").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from hydra.utils import instantiate
@@ -14,6 +15,8 @@ from datus.refine.checkpoint_io import AtomicCheckpointIO
 from datus.refine.data import pseudo_mask_folder
 from datus.refine.run import run_refinement
 from datus.runs import resolve_files
+
+log = logging.getLogger(__name__)
 
 
 def feature_cache(cfg: DictConfig, out_dir: Path) -> FeatureCache:
@@ -39,7 +42,14 @@ def refine_from_config(cfg: DictConfig, loggers: list | None = None) -> list[dic
                          "from an untrained network; pass trainer.max_epochs >= 1")
     out_dir = Path(cfg.paths.output_dir)
     train_set = instantiate(cfg.dataset, split=cfg.train_split)
-    val_set = instantiate(cfg.dataset, split=cfg.val_split) if cfg.val_split else None
+    val_split = cfg.val_split
+    if val_split is not None and str(val_split) == str(cfg.train_split) and train_set.has_masks:
+        # the ground truth of the split whose refined masks are then scored would pick the checkpoint
+        log.warning("val_split=%s is the split being refined: its ground truth would choose the checkpoint whose "
+                    "masks are then scored on it, so this run does not validate (the last epoch is kept); pass "
+                    "val_split=<another split> to validate", val_split)
+        val_split = None
+    val_set = instantiate(cfg.dataset, split=val_split) if val_split else None
     loggers = instantiate_loggers(cfg.logger) if loggers is None else loggers
     class_names = list(val_set.classes) if val_set else []
 
