@@ -34,9 +34,13 @@ def backbone_identity(backbone: dict[str, Any]) -> dict[str, Any]:
     """``backbone`` settings as a key: a checkpoint file (``backbone.weights=<path>``) is named by its
     absolute path, size and modification time, so a file rewritten in place (a DINO run's
     ``checkpoint.pth`` after another epoch) or one relative name used from two folders never reuses
-    what other weights computed. Named weights (``hub``, ``packaged``, ``random``) are kept as they
-    are; a missing file too (building the backbone names it)."""
+    what other weights computed. ``random`` names its fixed initialisation's seed; ``hub`` and
+    ``packaged`` are kept as they are, a missing file too (building the backbone names it)."""
     weights = backbone.get("weights")
+    if weights == "random":  # one fixed initialisation (keys of the seed-dependent ones are not reused)
+        from datus.backbones.registry import RANDOM_INIT_SEED
+
+        return {**backbone, "init_seed": RANDOM_INIT_SEED}
     if weights is None or not Path(str(weights)).suffix:
         return backbone
     path = Path(str(weights)).expanduser().resolve()
@@ -60,12 +64,10 @@ def resolve_files(container: dict) -> dict:
 
 
 def cache_settings(container: dict[str, Any]) -> dict[str, Any]:
-    """The cache key's settings of a resolved config; a randomly initialised backbone is only
-    reproducible with its seed. A method may narrow or widen them (``Method.cache_key``)."""
+    """The cache key's settings of a resolved config. A method may narrow or widen them
+    (``Method.cache_key``)."""
     container = resolve_files(container)
     settings = {key: container[key] for key in SETTINGS_KEYS}
-    if container["backbone"].get("weights") == "random":
-        settings["seed"] = container["seed"]
     if container.get("head") is not None:  # head=none keeps the keys of runs made before heads existed
         settings["head"] = container["head"]
     return settings

