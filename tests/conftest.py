@@ -92,3 +92,16 @@ def pytest_configure(config):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # Subprocess runs that pass no paths.cache_dir must not write into the user's ~/.cache.
     os.environ["DATUS_CACHE"] = tempfile.mkdtemp(prefix="datus_test_cache_")
+
+
+def perturbed_tiny_vit(seed: int) -> dict:
+    """A tiny ViT state dict that differs with ``seed`` (weights=random is one fixed network): its
+    random initialisation plus seeded noise, as a checkpoint file of other weights would be."""
+    import torch
+
+    from datus.backbones import build_backbone
+
+    generator = torch.Generator().manual_seed(seed)
+    state = build_backbone("tiny_vit", weights="random").model.state_dict()
+    return {k: v + 0.5 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v
+            for k, v in state.items()}

@@ -20,7 +20,7 @@ from datus.backbones import build_backbone
 from datus.data import DemoImages
 from datus.refine import FeatureSpec, build_head, list_heads, load_refiner
 from datus.refine.data import PseudoMaskError
-from tests.conftest import PROJECT_ROOT, compose_config
+from tests.conftest import PROJECT_ROOT, compose_config, perturbed_tiny_vit
 
 HEADS = ("linear_head", "deeplabv3_head", "segmenter", "align_block")
 K = 4
@@ -108,15 +108,13 @@ def test_the_feature_cache_is_reused_and_invalidated_by_a_settings_change(photos
     assert {"backbone", "resize", "features", "dataset"} <= set(config)
     weights = tmp_path / "ckpt.pth"
     for seed, entries in ((1, 6), (2, 8)):  # a checkpoint rewritten in place: new maps, not the old file's
-        torch.manual_seed(seed)
-        torch.save(build_backbone("tiny_vit", weights="random").model.state_dict(), weights)
+        torch.save(perturbed_tiny_vit(seed), weights)
         _refine(photos, tmp_path / f"w{seed}", "linear_head", f"cache_dir={tmp_path / 'cache'}", "debug=fdr",
                 "postprocess=none", f"backbone.weights={weights}")
         assert len(list(cache.iterdir())) == entries
 
 
 def test_cached_maps_equal_the_backbone_features(photos, tmp_path):
-    from datus.backbones import build_backbone
     from datus.data import ImageFolder
     from datus.refine import FeatureCache
     from datus.refine.features import feature_maps

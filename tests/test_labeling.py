@@ -20,6 +20,7 @@ from datus.masks import upsample_labels
 from datus.methods import Datus, KMeansPatches
 from datus.pipeline import run_pipeline
 from datus.transforms import ResizeForBackbone
+from tests.conftest import perturbed_tiny_vit
 
 
 def _trainer():
@@ -398,8 +399,7 @@ def test_a_checkpoint_rewritten_in_place_is_not_served_from_the_cache(tmp_path, 
     (tmp_path / "b").mkdir()
 
     def save_weights(path: Path, seed: int) -> None:
-        torch.manual_seed(seed)
-        torch.save(build_backbone("tiny_vit", weights="random").model.state_dict(), path)
+        torch.save(perturbed_tiny_vit(seed), path)
 
     save_weights(tmp_path / "a" / "ckpt.pth", 1)
     monkeypatch.chdir(tmp_path / "a")
