@@ -136,6 +136,15 @@ class FeatureIndex:
         return {**self.__dict__, "_maps": {}}
 
 
+def warn_without_maps(dataset, indices: list[int], consequence: str) -> None:
+    """Say that images ``indices`` of ``dataset`` have no feature map (skipped when the maps were
+    computed), naming one, and ``consequence``: what that does to the numbers."""
+    if indices:
+        log.warning("%d of %d %s images have no feature map (skipped when the maps were computed: unreadable or "
+                    "refused by the resize, e.g. %s): %s", len(indices), len(dataset), dataset.split,
+                    dataset.samples[indices[0]].image, consequence)
+
+
 class FeatureExtractor(pl.LightningModule):
     """``predict_step``: the ``spec`` feature map of each image, as ``(index, stem, (h*w, D) float16, meta)``."""
 

@@ -12,7 +12,6 @@ from its settings, never copied into the checkpoint).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,12 +26,10 @@ from datus.io import plain
 from datus.masks import UNLABELLED, read_mask
 from datus.metrics import ClusterConfusion, check_matching
 from datus.postprocess import upsample_scores
-from datus.refine.features import FeatureCache, FeatureIndex, FeatureSpec, feature_maps
+from datus.refine.features import FeatureCache, FeatureIndex, FeatureSpec, feature_maps, warn_without_maps
 from datus.refine.head_data import FeatureMaskDataModule, FeatureMasks
 from datus.refine.heads import AlignBlock, build_head
 from datus.refine.optim import configure_optimizers, finish_validation
-
-log = logging.getLogger(__name__)
 
 
 class HeadModule(pl.LightningModule):
@@ -125,10 +122,7 @@ class HeadModule(pl.LightningModule):
             val_set = FeatureMasks(val_index, sorted(val_index.entries), lambda i: val.read_mask(val.samples[i]))
             self.image_of = lambda i: val.load(i)["image"].permute(1, 2, 0).numpy()
             unscored = [i for i in range(len(val)) if i not in val_index]
-            if unscored:
-                log.warning("%d of %d %s images have no feature map (skipped when the maps were computed: "
-                            "unreadable or refused by the resize, e.g. %s); validation counts their labelled "
-                            "pixels as wrong", len(unscored), len(val), val.split, val.samples[unscored[0]].image)
+            warn_without_maps(val, unscored, "validation counts their labelled pixels as wrong")
             self._unscored_masks = [torch.from_numpy(val.read_mask(val.samples[i])) for i in unscored]
         return FeatureMaskDataModule(train_set, val_set, **data)
 

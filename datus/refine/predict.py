@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,7 @@ from datus.data import SegmentationDataset
 from datus.masks import UNLABELLED, save_masks
 from datus.metrics import ClusterConfusion
 from datus.postprocess import DenseCRF, labels_from_scores
-
-log = logging.getLogger(__name__)
+from datus.refine.features import warn_without_maps
 
 
 @torch.no_grad()
@@ -40,7 +38,7 @@ def write_predictions(
     metric = ClusterConfusion(num_clusters, list(dataset.classes), matching=matching) \
         if evaluate and dataset.has_masks else None
 
-    unscored: list[str] = []
+    unscored: list[int] = []
 
     def masks():
         for index in track(range(len(dataset)), description=f"predicting {dataset.split}", transient=True):
@@ -49,7 +47,7 @@ def write_predictions(
             image = item["image"].permute(1, 2, 0).numpy() if crf is not None else None
             logits = logits_of(index)
             if logits is None:  # no feature map: an unlabelled mask, scored as wrong wherever labelled
-                unscored.append(str(dataset.samples[index].image))
+                unscored.append(index)
                 mask = np.full(size, UNLABELLED, dtype=np.uint8)
             else:
                 mask = labels_from_scores(logits.float().cpu(), size, image, crf)
@@ -62,10 +60,7 @@ def write_predictions(
             pass
     else:
         save_masks(Path(out_dir), masks(), num_clusters)
-    if unscored:
-        log.warning("%d of %d %s images have no feature map (skipped when the maps were computed: unreadable or "
-                    "refused by the resize, e.g. %s): their masks are unlabelled, so every labelled pixel of theirs "
-                    "counts as wrong", len(unscored), len(dataset), dataset.split, unscored[0])
+    warn_without_maps(dataset, unscored, "their masks are unlabelled, so every labelled pixel of theirs counts as wrong")
     return metric.compute() if metric is not None else {}
 
 
