@@ -95,6 +95,9 @@ def evaluate_masks(
     result = metric.compute()
     result["images"] = len(paths)
     result["missing_masks"] = missing
+    mismatched = dataset.mask_size_report() if hasattr(dataset, "mask_size_report") else None
+    if mismatched:
+        result["mask_size_mismatch"] = mismatched
     return result, samples
 
 

@@ -59,6 +59,10 @@ class Job:
     shard: tuple[int, int] = (0, 1)
     #: the split's files now (:func:`datus.shards.dataset_manifest`): stores match records by it
     manifest: Manifest | None = None
+    #: what the clustered features are (:func:`datus.labeling.inductive.feature_settings`) and the split
+    #: they come from: recorded in ``centroids.npz``, checked where another split is labelled with it
+    features: dict[str, Any] | None = None
+    fit_on: dict[str, Any] | None = None
 
     def segments(self) -> SegmentStore:
         return SegmentStore(self.work / "segments", manifest=self.manifest)
@@ -75,6 +79,8 @@ class Method(ABC):
     staged: bool = False
     #: whether it reads a backbone's features (W-Net reads pixels only: no backbone is built)
     uses_backbone: bool = True
+    #: whether ``labeling.centroids`` (another run's clusters) can label its features
+    inductive: bool = False
 
     def check(self, *, k: int) -> None:  # noqa: B027 - optional hook: most methods have nothing to check
         """Refuse bad settings before anything is built or read (e.g. a trained file made for another K)."""
@@ -113,6 +119,7 @@ class Datus(Method):
     name = "datus"
     cache_kind = "discovery"
     staged = True
+    inductive = True
 
     def __init__(self, *, decomposer: SceneDecomposer) -> None:
         self.decomposer = decomposer
@@ -157,7 +164,8 @@ class Datus(Method):
         return summary
 
     def label(self, job: Job, scores_to_mask: ScoresToMask | None) -> dict[str, Any]:
-        summary = job.labeler.label_segments(job.backbone, job.segments(), job.work, job.out_dir, scores_to_mask)
+        summary = job.labeler.label_segments(job.backbone, job.segments(), job.work, job.out_dir, scores_to_mask,
+                                             features=job.features, fit_on=job.fit_on)
         _pictures_with_masks(job)
         return summary
 
@@ -167,6 +175,7 @@ class KMeansPatches(Method):
 
     name = "kmeans_patches"
     cache_kind = "patch_features"
+    inductive = True
 
     def __init__(self, *, patch_feature: str = "tokens") -> None:
         self.patch_feature = patch_feature
@@ -187,7 +196,8 @@ class KMeansPatches(Method):
         return {"patch_tokens_computed_this_run": len(computed), "patch_features_dir": str(store.folder)}
 
     def label(self, job: Job, scores_to_mask: ScoresToMask | None) -> dict[str, Any]:
-        summary = job.labeler.label_patches(self._store(job).read(), job.out_dir, scores_to_mask)
+        summary = job.labeler.label_patches(self._store(job).read(), job.out_dir, scores_to_mask,
+                                            features=job.features, fit_on=job.fit_on)
         summary["patch_feature"] = self.patch_feature
         return summary
 

@@ -21,6 +21,7 @@ from datus.data import SegmentationDataset
 from datus.evaluation import evaluate_masks, format_table, write_report
 from datus.io import remove_stale_temporaries, write_json
 from datus.labeling import Labeler
+from datus.labeling.inductive import feature_settings
 from datus.methods import STAGES, Job, Method
 from datus.postprocess import DenseCRF
 from datus.projection import Projection
@@ -118,6 +119,9 @@ def run_pipeline(
                          "then one stage=labels job once every shard is done")
     out_dir = Path(out_dir)
     settings = settings or {}
+    features = feature_settings(backbone=settings.get("backbone"), resize=settings.get("resize"), method=method.name,
+                                features=method.features_read(), labeling=labeler.feature_settings(), head=None)
+    labeler.check_centroids(features, skip=("head",))  # before any image is read; the head's file once trained
     ignored = list(getattr(dataset, "ignored_files", []))
     for entry in ignored:
         log.warning("ignored %s: %s, not an image file", entry["file"], entry["reason"])
@@ -130,6 +134,8 @@ def run_pipeline(
                                                          num_workers=num_workers))
         # the codes are the head's: segments and features cached from another head must not be reused
         settings = {**settings, "head_file": projection.report["digest"]}
+        features["head"] = projection.report["digest"]
+        labeler.check_centroids(features)
     cache_root = Path(cache_dir).expanduser() if cache_dir else out_dir
     clock = StageClock()
     prepared = method.prepare(dataset, cache_root=cache_root, k=labeler.k)
@@ -141,7 +147,9 @@ def run_pipeline(
                        batch_size=batch_size, num_workers=num_workers, shard_size=shard_size)
     job = Job(backbone=backbone, loop=loop, work=work, out_dir=out_dir, labeler=labeler, stage=stage,
               indices=indices, settings=key, num_pictures=num_pictures, overwrite=overwrite, rank=global_rank(),
-              shard=(shard_index, shard_count), manifest=dataset_manifest(dataset))
+              shard=(shard_index, shard_count), manifest=dataset_manifest(dataset), features=features,
+              fit_on={"dataset": getattr(dataset, "name", None), "root": str(getattr(dataset, "root", "")),
+                      "split": getattr(dataset, "split", None)})
     summary = method.compute(job)
     clock.lap("backbone_passes")
     if global_rank() != 0:
@@ -157,6 +165,8 @@ def run_pipeline(
         summary["metrics"] = {k: result[k] for k in ("miou", "pixel_accuracy", "mean_f1", "coverage")}
         clock.lap("evaluation")
     summary["ignored_files"] = ignored
+    if getattr(dataset, "mismatched_masks", None):
+        summary["mask_size_mismatch"] = dataset.mask_size_report()
     if projection is not None:
         summary["feature_head"] = projection.report
     summary.update(prepared)

@@ -20,6 +20,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = PROJECT_ROOT / "conf"
 #: CamVid from the workplace's shared folder; a user's fresh clone has none: tests skip.
 CAMVID_ROOT = PROJECT_ROOT.parent / "shared" / "data" / "camvid"
+#: 400 real SUIM train_val pairs (13 masks of another size than their photo, as released); skipped when absent.
+SUIM_ROOT = PROJECT_ROOT.parent / "shared" / "data" / "suim"
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +29,13 @@ def camvid_root() -> Path:
     if not (CAMVID_ROOT / "val").is_dir():
         pytest.skip(f"CamVid not found at {CAMVID_ROOT}")
     return CAMVID_ROOT
+
+
+@pytest.fixture(scope="session")
+def suim_root() -> Path:
+    if not (SUIM_ROOT / "train_val" / "images").is_dir():
+        pytest.skip(f"SUIM not found at {SUIM_ROOT}")
+    return SUIM_ROOT
 
 
 @pytest.fixture(scope="session")

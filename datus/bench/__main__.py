@@ -1,8 +1,9 @@
-"""``python -m datus.bench speed|discovery|memory [options] [overrides of conf/discover.yaml]``.
+"""``python -m datus.bench speed|discovery|memory|quality [options] [overrides of conf/discover.yaml]``.
 
   python -m datus.bench speed --images 40 dataset=camvid dataset.root=DIR dataset.split=val
   python -m datus.bench discovery --images 40 dataset=camvid dataset.root=DIR dataset.split=val
   python -m datus.bench memory --images 50,367 dataset=camvid dataset.root=DIR dataset.split=train
+  python -m datus.bench quality --data DIR_WITH_camvid_AND_suim --out out/quality
 """
 
 from __future__ import annotations
@@ -35,6 +36,17 @@ def main(argv: list[str] | None = None) -> None:
     mem.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON here")
     mem.add_argument("--keep", type=Path, default=None, help="keep the runs' folders under this folder")
     mem.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. dataset=camvid dataset.root=DIR")
+    quality = sub.add_parser("quality", help="named configurations x datasets x k-means seeds (a study, "
+                             "conf/quality/*.yaml): mIoU and pixel accuracy as mean ± std, paired differences "
+                             "to a baseline; table, JSON and a picture; resumable")
+    quality.add_argument("--study", default="default", help="conf/quality/<name>.yaml, or a path to a study file")
+    quality.add_argument("--data", type=Path, default=None,
+                         help="folder holding the datasets (paths.data_dir; default: $DATUS_DATA or data)")
+    quality.add_argument("--seeds", default=None, help="comma-separated k-means seeds (default: the study's)")
+    quality.add_argument("--configs", default=None, help="only these configurations (and what they read)")
+    quality.add_argument("--datasets", default=None, help="only these datasets (and their fit_on)")
+    quality.add_argument("--out", type=Path, default=Path("out/quality"), help="where runs and results go")
+    quality.add_argument("overrides", nargs="*", help="overrides for every run, e.g. cache_dir=DIR")
     child = sub.add_parser("memory-child", help=argparse.SUPPRESS)
     child.add_argument("--images", type=int, required=True)
     child.add_argument("--stage", required=True)
@@ -52,6 +64,20 @@ def main(argv: list[str] | None = None) -> None:
 
         result = bench_memory(sorted(int(n) for n in args.images.split(",")), args.overrides, keep=args.keep)
         _report(format_memory(result), result, args.out)
+        return
+
+    if args.bench == "quality":
+        from datus.bench.quality import bench_quality, load_study, to_markdown
+
+        split = lambda value: None if value is None else [v for v in value.split(",") if v]  # noqa: E731
+        study = load_study(args.study, seeds=None if args.seeds is None else [int(s) for s in split(args.seeds)],
+                           configurations=split(args.configs), datasets=split(args.datasets))
+        extra = [*([f"paths.data_dir={args.data.expanduser().resolve()}"] if args.data else []), *args.overrides]
+        result = bench_quality(study, args.out.expanduser().resolve(), extra)
+        print(to_markdown(result))
+        print(f"written: {args.out / 'quality.md'}, quality.json, quality.png")
+        if result["failed"]:
+            raise SystemExit("failed: " + "; ".join(f"{k}: {v}" for k, v in result["failed"].items()))
         return
 
     if args.bench == "speed":

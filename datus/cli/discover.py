@@ -24,6 +24,9 @@ def pipeline_kwargs(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     method = instantiate(cfg.method)
     projection = instantiate(cfg.head) if cfg.get("head") is not None else None
     method.check(k=labeler.k)
+    if labeler.centroids is not None and not method.inductive:
+        raise ValueError(f"labeling.centroids labels k-means features with another run's centroids; method={method.name} "
+                         "does not cluster with k-means centroids: drop labeling.centroids")
     check_codes(method.features_read(), projection, OmegaConf.select(cfg, "graph.affinity.debias"))
     if projection is not None:
         projection.check(OmegaConf.select(cfg, "backbone.name"))

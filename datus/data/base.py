@@ -10,6 +10,7 @@ conversion so every dataset returns the same item format:
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -29,8 +30,16 @@ from datus.data.io import (
 )
 from datus.data.io import image_size as header_size
 from datus.data.sample import Sample
+from datus.masks import upsample_nearest
 
-__all__ = ["DatasetError", "Sample", "SegmentationDataset"]
+__all__ = ["MASK_SIZE_MISMATCH", "DatasetError", "Sample", "SegmentationDataset"]
+
+log = logging.getLogger(__name__)
+
+#: What to do with a mask whose size differs from its photo's (``dataset.mask_size_mismatch``):
+#: refuse the dataset listing every such pair, resize the mask to the photo (nearest neighbour:
+#: labels are never interpolated), or leave those images out of evaluation (all their pixels void).
+MASK_SIZE_MISMATCH = ("error", "resize", "skip")
 
 Transform = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -42,7 +51,9 @@ class SegmentationDataset(Dataset):
     ``ignore_index`` (always 255 in returned masks), ``samples``,
     ``has_masks``, ``root``, ``split``, ``transform``, ``max_pixels``
     (larger images are refused from their header: :func:`datus.data.read_image`),
-    ``ignored_files`` (entries named like images that are not files: listed in ``summary.json``).
+    ``ignored_files`` (entries named like images that are not files: listed in ``summary.json``),
+    ``mask_size_mismatch`` (one of :data:`MASK_SIZE_MISMATCH`) and ``mismatched_masks`` (every pair
+    whose mask and photo differ in size, found from their headers when the split is listed).
     """
 
     name: ClassVar[str] = "base"
@@ -52,6 +63,9 @@ class SegmentationDataset(Dataset):
     #: The "thing" classes (countable objects, vs "stuff"): the foreground of a foreground/background
     #: evaluation (:mod:`datus.attention`); empty where the dataset does not say.
     things: ClassVar[tuple[str, ...]] = ()
+    #: Whether the dataset reads every mask when built (:meth:`check_masks`), listing wrong sizes among
+    #: every other bad mask; otherwise a wrong size is listed from the headers, alone.
+    checks_every_mask: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -60,7 +74,12 @@ class SegmentationDataset(Dataset):
         classes: tuple[str, ...] = (),
         transform: Transform | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        mask_size_mismatch: str = "error",
     ) -> None:
+        if mask_size_mismatch not in MASK_SIZE_MISMATCH:
+            raise DatasetError(f"dataset.mask_size_mismatch={mask_size_mismatch!r}: choose one of "
+                               f"{', '.join(MASK_SIZE_MISMATCH)}")
+        self.mask_size_mismatch = mask_size_mismatch
         self.root = Path(root).expanduser()
         self.split = str(split)
         self.classes = tuple(str(c) for c in classes)
@@ -83,6 +102,59 @@ class SegmentationDataset(Dataset):
                 f"{self.name} split {self.split!r} under {self.root}: some samples have masks, others not"
             )
         self.has_masks = with_mask > 0
+        self._check_mask_sizes()
+
+    def _check_mask_sizes(self) -> None:
+        """Compare every mask's size with its photo's, from the files' headers (no pixel decoded), and
+        act on ``mask_size_mismatch``: ``error`` lists every such pair in one :class:`MaskError`."""
+        #: ``{"stem", "mask", "image", "mask_size", "image_size"}`` (sizes as "WxH") of every mismatched pair
+        self.mismatched_masks: list[dict[str, str]] = []
+        if not self.has_masks:
+            return
+        for sample in self.samples:
+            try:
+                image, mask = header_size(sample.image), self._mask_size(sample.mask)
+            except ImageReadError:
+                continue  # an unreadable image is skipped and named when read; a bad mask stops the run there
+            if image != mask:
+                self.mismatched_masks.append({"stem": sample.stem, "mask": str(sample.mask), "image": str(sample.image),
+                                              "mask_size": f"{mask[1]}x{mask[0]}", "image_size": f"{image[1]}x{image[0]}"})
+        self._mismatched = {entry["stem"] for entry in self.mismatched_masks}
+        if not self.mismatched_masks:
+            return
+        count = f"{len(self.mismatched_masks)} of {len(self.samples)} masks of {self.name} split {self.split!r}"
+        if self.mask_size_mismatch == "error" and not self.checks_every_mask:
+            pairs = "\n  ".join(f"{e['mask']} is {e['mask_size']} (width x height) but its image {e['image']} is "
+                                f"{e['image_size']}" for e in self.mismatched_masks)
+            raise MaskError(f"{count} do not have their photo's size:\n  {pairs}\n"
+                            "set dataset.mask_size_mismatch=resize (each such mask resized to its photo, nearest "
+                            "neighbour) or dataset.mask_size_mismatch=skip (those images left out of evaluation)")
+        if self.mask_size_mismatch == "error":
+            return  # check_masks lists them with every other bad mask
+        if self.mask_size_mismatch == "resize":
+            log.warning("%s do not have their photo's size: resized to it with nearest neighbour "
+                        "(dataset.mask_size_mismatch=resize)", count)
+        else:
+            log.warning("%s do not have their photo's size: those images are left out of evaluation "
+                        "(dataset.mask_size_mismatch=skip): %s", count,
+                        ", ".join(e["stem"] for e in self.mismatched_masks))
+
+    def _mask_size(self, path: Path) -> tuple[int, int]:
+        """(H, W) of a mask file as :meth:`_read_raw_mask` reads it, from its header."""
+        return header_size(path, exif=False)
+
+    def mask_size_report(self) -> dict[str, Any] | None:
+        """What ``summary.json`` and ``metrics.json`` say of the mismatched pairs (None: there are none)."""
+        if not self.mismatched_masks:
+            return None
+        done = {"resize": "mask resized to its photo (nearest neighbour)", "skip": "image left out of evaluation"}
+        return {"setting": f"dataset.mask_size_mismatch={self.mask_size_mismatch}",
+                "what": done.get(self.mask_size_mismatch, "refused"), "pairs": self.mismatched_masks}
+
+    @property
+    def unscored(self) -> list[str]:
+        """Stems of the images left out of evaluation (``mask_size_mismatch=skip``: every pixel void)."""
+        return [e["stem"] for e in self.mismatched_masks] if self.mask_size_mismatch == "skip" else []
 
     # ---- to implement in subclasses -------------------------------------------------
     def _find_samples(self) -> list[Sample]:
@@ -112,10 +184,13 @@ class SegmentationDataset(Dataset):
         Raises :class:`MaskError` naming the file if it cannot be read, its size differs
         from the image's (``image_size``, else the image file's header; an image whose
         header is unreadable is reported when the image is read, not here) or it holds
-        values outside ``[0, num_classes)`` and 255.
+        values outside ``[0, num_classes)`` and 255. A mask of another size than its photo is
+        resized to it (``mask_size_mismatch=resize``) or read as all void (``skip``).
         """
         if sample.mask is None:
             raise MaskError(f"{self.name} split {self.split!r} has no mask for {sample.image}")
+        if sample.stem in self._mismatched and self.mask_size_mismatch == "skip":
+            return np.full(image_size or header_size(sample.image), 255, dtype=np.int64)
         try:
             raw = self._read_raw_mask(sample.mask)
             mask = np.asarray(self._decode_mask(raw, sample.mask)).astype(np.int64, copy=False)
@@ -129,11 +204,13 @@ class SegmentationDataset(Dataset):
                 expected = header_size(sample.image)
             except ImageReadError:
                 expected = None
+        if expected is not None and tuple(mask.shape) != tuple(expected) and self.mask_size_mismatch == "resize":
+            mask = upsample_nearest(mask, tuple(expected))
         if expected is not None and tuple(mask.shape) != tuple(expected):
             h, w = mask.shape[:2]
             raise MaskError(
                 f"mask {sample.mask} is {w}x{h} (width x height) but its image {sample.image} is "
-                f"{expected[1]}x{expected[0]}"
+                f"{expected[1]}x{expected[0]} (dataset.mask_size_mismatch=resize|skip handles such pairs)"
             )
         bad = ((mask < 0) | (mask >= self.num_classes)) & (mask != 255)
         if bad.any():

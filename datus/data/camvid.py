@@ -37,10 +37,11 @@ class CamVid(SegmentationDataset):
     name = "camvid"
     things = CAMVID_THINGS
 
-    def __init__(self, root: str | os.PathLike[str], split: str = "train", transform: Transform | None = None) -> None:
+    def __init__(self, root: str | os.PathLike[str], split: str = "train", transform: Transform | None = None,
+                 mask_size_mismatch: str = "error") -> None:
         if split not in _SPLITS:
             raise DatasetError(f"dataset.split={split!r} is not a CamVid split; use one of {', '.join(_SPLITS)}")
-        super().__init__(root, split, CAMVID_CLASSES, transform)
+        super().__init__(root, split, CAMVID_CLASSES, transform, mask_size_mismatch=mask_size_mismatch)
 
     def _find_samples(self) -> list[Sample]:
         root = require_dir(self.root, "dataset.root")

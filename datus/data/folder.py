@@ -49,6 +49,7 @@ class ImageFolder(SegmentationDataset):
     """
 
     name = "folder"
+    checks_every_mask = True
     label_settings = "dataset.num_classes and dataset.ignore_index"
 
     def __init__(
@@ -60,11 +61,13 @@ class ImageFolder(SegmentationDataset):
         class_names: Sequence[str] | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         transform: Transform | None = None,
+        mask_size_mismatch: str = "error",
     ) -> None:
         if not isinstance(ignore_index, int) or not 0 <= ignore_index <= 65535:
             raise DatasetError(f"dataset.ignore_index={ignore_index!r} must be a non-negative integer")
         self.file_ignore_index = ignore_index
-        super().__init__(root, split, _class_names(num_classes, class_names), transform, max_pixels)
+        super().__init__(root, split, _class_names(num_classes, class_names), transform, max_pixels,
+                         mask_size_mismatch)
         if self.has_masks and self.num_classes == 0:
             raise DatasetError(
                 f"{self.root / self.split / 'true_masks'} holds masks, so set dataset.num_classes "

@@ -148,20 +148,39 @@ def read_label_image(path: str | os.PathLike[str]) -> np.ndarray:
     return arr.astype(np.uint8) if arr.dtype == bool else arr
 
 
-def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
-    """Return (H, W) of an image from its header, without decoding pixels (EXIF rotation applied)."""
+def image_size(path: str | os.PathLike[str], exif: bool = True) -> tuple[int, int]:
+    """Return (H, W) of an image from its header, without decoding pixels (EXIF rotation applied
+    unless ``exif=False``: label files are read unrotated)."""
     path = Path(path)
     try:
         if path.is_file() and path.stat().st_size == 0:
             raise ImageReadError(f"cannot read image {path}: the file is empty (0 bytes)")
         with Image.open(path) as im:
             w, h = im.size
-            orientation = im.getexif().get(0x0112, 1)
+            # PIL decodes a whole PNG to look for an eXIf chunk after its pixels: skip that when it has none
+            reads_exif = exif and (im.format != "PNG" or "exif" in im.info or _png_has_exif(path))
+            orientation = im.getexif().get(0x0112, 1) if reads_exif else 1
     except ImageReadError:
         raise
     except _READ_ERRORS as e:
         raise ImageReadError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def _png_has_exif(path: Path) -> bool:
+    """Whether a PNG file holds an ``eXIf`` chunk, from its chunk headers only (no pixel decoded)."""
+    with open(path, "rb") as f:
+        f.seek(8)  # the signature
+        while header := f.read(8):
+            if len(header) < 8:
+                return False
+            length, kind = int.from_bytes(header[:4], "big"), header[4:]
+            if kind == b"eXIf":
+                return True
+            if kind == b"IEND":
+                return False
+            f.seek(length + 4, os.SEEK_CUR)  # the data and its CRC
+    return False
 
 
 def to_index_map(raw: np.ndarray, path: Path) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 from datus.data.base import SegmentationDataset, Transform
 from datus.data.errors import DatasetError
 from datus.data.files import list_images, pair_samples, require_dir
-from datus.data.io import read_image
+from datus.data.io import image_size, read_image
 from datus.data.sample import Sample
 
 __all__ = ["SUIM", "SUIM_COARSE_CLASSES", "SUIM_FINE_CLASSES"]
@@ -57,6 +57,7 @@ class SUIM(SegmentationDataset):
         split: str = "train_val",
         classes: str = "coarse",
         transform: Transform | None = None,
+        mask_size_mismatch: str = "error",
     ) -> None:
         if classes not in _CLASS_SETS:
             raise DatasetError(
@@ -66,7 +67,7 @@ class SUIM(SegmentationDataset):
             raise DatasetError(f"dataset.split={split!r} is not a SUIM split; use one of {', '.join(_SPLITS)}")
         self.class_set = classes
         self._lut = _LUTS[classes]
-        super().__init__(root, split, _CLASS_SETS[classes], transform)
+        super().__init__(root, split, _CLASS_SETS[classes], transform, mask_size_mismatch=mask_size_mismatch)
 
     def _find_samples(self) -> list[Sample]:
         split_dir = require_dir(self.root, "dataset.root") / self.split
@@ -77,6 +78,9 @@ class SUIM(SegmentationDataset):
 
     def _read_raw_mask(self, path: Path) -> np.ndarray:
         return read_image(path)  # colour-coded: always (H, W, 3) RGB
+
+    def _mask_size(self, path: Path) -> tuple[int, int]:
+        return image_size(path)  # read as an image: EXIF orientation applied
 
     def _decode_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
         bits = (raw[..., :3] >= 128).astype(np.int64)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import numbers
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -84,6 +86,13 @@ class KMeans:
         self.projection: np.ndarray | None = None
         self.objective: float | None = None
         self.points_used: int | None = None
+        #: what the fitted features were (backbone, resize, feature, head, ...; see :meth:`save`)
+        self.settings: dict[str, Any] | None = None
+
+    @property
+    def fitted(self) -> bool:
+        """Whether it has centroids (fitted here or loaded): it can label features without fitting."""
+        return self.centroids is not None
 
     def _use_gpu(self) -> bool:
         import faiss
@@ -186,9 +195,14 @@ class KMeans:
         """Nearest centroid of each feature, ``(n,)`` int64 (inner product if spherical)."""
         return self.scores(features).argmax(axis=1).astype(np.int64)
 
-    def save(self, path: str | Path) -> Path:
-        """Save centroids and preprocessing as ``.npz`` (no pickle)."""
+    def save(self, path: str | Path, settings: dict[str, Any] | None = None) -> Path:
+        """Save centroids and preprocessing as ``.npz`` (no pickle), with ``settings`` (what the clustered
+        features were: another split labelled with these centroids must have the same, see
+        :func:`datus.labeling.inductive.check_centroids`) as a JSON string."""
+        settings = settings if settings is not None else self.settings
         arrays = {"centroids": self.centroids, "spherical": np.array(self.spherical)}
+        if settings is not None:
+            arrays["settings"] = np.array(json.dumps(settings, sort_keys=True))
         if self.mean is not None:
             arrays["mean"] = self.mean
         if self.projection is not None:
@@ -208,4 +222,6 @@ class KMeans:
                 km.projection = z["projection"]
             if "fine_centroids" in z.files:
                 km.fine_centroids, km.groups = z["fine_centroids"], z["groups"]
+            if "settings" in z.files:
+                km.settings = json.loads(str(z["settings"]))
         return km

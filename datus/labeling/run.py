@@ -45,6 +45,8 @@ def run_labeling(
     fill: bool = False,
     weighted: bool = False,
     scores_to_mask: ScoresToMask | None = None,
+    fit: bool = True,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Cluster the valid segments of every image in ``store``; write pseudo masks and centroids.
 
@@ -62,6 +64,8 @@ def run_labeling(
     masks are made image by image), and per-patch maps are never held for more than one shard.
     k-means then needs float32 copies of every valid feature, or of a seeded sample of
     ``k * max_points_per_centroid`` of them when that is set (the setting for huge splits).
+    ``fit=False`` labels with ``kmeans`` as it is (fitted on another split: no first pass);
+    ``settings`` are recorded in ``centroids.npz`` (what the features were).
     """
     out_dir = Path(out_dir)
 
@@ -69,30 +73,12 @@ def run_labeling(
         source = segment_features[record.index] if segment_features is not None else record.decomposition.segment_features
         return np.asarray(source, dtype=np.float32)
 
-    sizes, images, count, dim = [], 0, 0, None
-    with scratch_file(out_dir / "labeling", "valid_features.f16") as spill:
-        with named_write_errors(spill), open(spill, "wb") as f:  # pass 1: the valid segments' features, float16, to disk
-            for record in store:
-                valid = record.decomposition.segment_valid
-                rows = np.ascontiguousarray(features_of(record)[valid], dtype=np.float16)
-                f.write(rows.tobytes())
-                count, dim = count + len(rows), rows.shape[1]
-                sizes.append(record.decomposition.segment_sizes[valid].astype(np.float32))
-                images += 1
+    if fit:
+        segments_clustered, images = _fit_segments(store, kmeans, features_of, out_dir, weighted)
+    else:
+        segments_clustered, images = 0, len(store.done_indices())
         if not images:
             raise ValueError(f"no segments in {store.folder}: run discovery first")
-        stored = np.memmap(spill, dtype=np.float16, mode="r", shape=(count, dim)) if count else np.zeros((0, 1))
-        sample = training_sample(count, kmeans)
-        train = np.asarray(stored if sample is None else stored[sample], dtype=np.float32)
-        weights = np.concatenate(sizes) if weighted else None
-        if weights is not None and sample is not None:
-            weights = weights[sample]
-        del stored
-    log.info("k-means: %d valid segments of %d images (%d used), k=%d", count, images, len(train), kmeans.k)
-    kmeans.fit(train, weights=weights)
-    segments_clustered = count
-    del train, weights
-
     indices, stems, final = [], [], []
     covered_strict = total = 0
 
@@ -123,7 +109,7 @@ def run_labeling(
 
     written = save_masks(out_dir, masks(), kmeans.k)
     folder = out_dir / "labeling"
-    kmeans.save(folder / "centroids.npz")
+    kmeans.save(folder / "centroids.npz", settings)
     arrays = {
         "indices": np.array(indices, dtype=np.int64),
         "stems": np.array(stems, dtype=str),
@@ -136,6 +122,7 @@ def run_labeling(
         "k": kmeans.k,
         "images": images,
         "segments_clustered": segments_clustered,
+        "fitted": fit,
         "kmeans_points_used": kmeans.points_used,
         "kmeans_objective": kmeans.objective,
         "fill": fill,
@@ -147,21 +134,57 @@ def run_labeling(
     }
 
 
+def _fit_segments(store: SegmentStore, kmeans: KMeans, features_of: Callable, out_dir: Path,
+                  weighted: bool) -> tuple[int, int]:
+    """k-means over the valid segments of ``store`` (pass 1 of :func:`run_labeling`): their features go
+    to a float16 scratch file first, so memory holds the segments clustered, not every per-patch map.
+    Returns (segments clustered, images)."""
+    sizes, images, count, dim = [], 0, 0, None
+    with scratch_file(out_dir / "labeling", "valid_features.f16") as spill:
+        with named_write_errors(spill), open(spill, "wb") as f:  # pass 1: the valid segments' features, float16, to disk
+            for record in store:
+                valid = record.decomposition.segment_valid
+                rows = np.ascontiguousarray(features_of(record)[valid], dtype=np.float16)
+                f.write(rows.tobytes())
+                count, dim = count + len(rows), rows.shape[1]
+                sizes.append(record.decomposition.segment_sizes[valid].astype(np.float32))
+                images += 1
+        if not images:
+            raise ValueError(f"no segments in {store.folder}: run discovery first")
+        stored = np.memmap(spill, dtype=np.float16, mode="r", shape=(count, dim)) if count else np.zeros((0, 1))
+        sample = training_sample(count, kmeans)
+        train = np.asarray(stored if sample is None else stored[sample], dtype=np.float32)
+        weights = np.concatenate(sizes) if weighted else None
+        if weights is not None and sample is not None:
+            weights = weights[sample]
+        del stored
+    log.info("k-means: %d valid segments of %d images (%d used), k=%d", count, images, len(train), kmeans.k)
+    kmeans.fit(train, weights=weights)
+    return count, images
+
+
 def label_patches(
     patch_features: Mapping[int, ArrayRecord],
     *,
     out_dir: str | Path,
     kmeans: KMeans,
     scores_to_mask: ScoresToMask | None = None,
+    fit: bool = True,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The baseline: k-means on every L2-normalised patch feature of the split, masks per patch
-    (or made by ``scores_to_mask`` from the ``(K, h, w)`` patch-to-centroid scores)."""
+    (or made by ``scores_to_mask`` from the ``(K, h, w)`` patch-to-centroid scores). ``fit=False``
+    labels with ``kmeans`` as it is; ``settings`` are recorded in ``centroids.npz``."""
     out_dir = Path(out_dir)
     order = sorted(patch_features)
-    train = np.concatenate([patch_features[i].rows for i in order]).astype(np.float32)
-    log.info("k-means on %d patches of %d images, k=%d", len(train), len(order), kmeans.k)
-    kmeans.fit(train)
-    kmeans.save(out_dir / "labeling" / "centroids.npz")
+    clustered = 0
+    if fit:
+        train = np.concatenate([patch_features[i].rows for i in order]).astype(np.float32)
+        log.info("k-means on %d patches of %d images, k=%d", len(train), len(order), kmeans.k)
+        kmeans.fit(train)
+        clustered = len(train)
+        del train
+    kmeans.save(out_dir / "labeling" / "centroids.npz", settings)
 
     def masks():
         for i in order:
@@ -178,7 +201,8 @@ def label_patches(
         "method": "kmeans_patches",
         "k": kmeans.k,
         "images": len(order),
-        "patches_clustered": int(len(train)),
+        "patches_clustered": int(clustered),
+        "fitted": fit,
         "postprocessed": scores_to_mask is not None,
         "kmeans_points_used": kmeans.points_used,
         "kmeans_objective": kmeans.objective,

@@ -1,0 +1,439 @@
+"""``python -m datus.bench quality``: named configurations x datasets x k-means seeds, one table.
+
+A quality decision rests on several datasets and several seeds: one k-means seed moves mIoU by
+points. A *study* (``conf/quality/<name>.yaml``, or any YAML file of that shape) names
+
+- ``datasets``: name -> the overrides that select it (``dataset=camvid dataset.split=val k=11``), and
+  optionally ``fit_on``: the dataset whose runs fit the centroids of its inductive rows;
+- ``configurations``: name -> one of
+  ``{overrides: [...]}`` (a ``discover.py`` run),
+  ``{inductive: <configuration>, overrides: [...]}`` (``discover.py`` labelling the dataset with the
+  centroids that configuration fitted on the dataset's ``fit_on``, seed by seed) or
+  ``{refine: <configuration>, overrides: [...]}`` (``train.py`` on that configuration's pseudo masks
+  of the same dataset and seed, transductive: trained and scored on the split itself);
+- ``baseline`` (a configuration every other one is compared with, seed by seed) and ``seeds``.
+
+Every (configuration, dataset) is one Hydra multirun of the README's command over the seeds not
+finished yet (``labeling.kmeans.seed``; ``train.py``'s ``seed``), into
+``<out>/runs/<dataset>/<configuration>/seed<s>/``: the backbone passes come from the settings-keyed
+cache, so a seed re-runs only the labelling. A killed study resumes where it stopped; a
+configuration whose overrides changed is rerun. The result is ``quality.json`` (every run and the
+aggregates), ``quality.md`` (mean ± std per dataset, and the paired difference to the baseline)
+and ``quality.png`` (bars with the seed spread).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from datus.io import atomic_write, load_json, save_figure, write_json
+
+log = logging.getLogger(__name__)
+
+#: Where the entry points and the study files live (the package is installed from a clone).
+REPO = Path(__file__).resolve().parents[2]
+STUDIES = REPO / "conf" / "quality"
+#: Settings every run of a study gets: quiet, no logger (the table is the report).
+QUIET = ("logger=none", "trainer.enable_progress_bar=false", "num_pictures=0")
+
+
+class StudyError(ValueError):
+    """A study file that cannot run (message names the entry)."""
+
+
+@dataclass
+class Dataset:
+    name: str
+    overrides: list[str]
+    fit_on: str | None = None
+
+    @property
+    def split(self) -> str | None:
+        """The ``dataset.split=`` this dataset names (what ``train.py`` trains and scores on)."""
+        for override in self.overrides:
+            if override.startswith("dataset.split="):
+                return override.split("=", 1)[1]
+        return None
+
+
+@dataclass
+class Configuration:
+    name: str
+    overrides: list[str] = field(default_factory=list)
+    #: ``discover`` | ``inductive`` | ``refine``
+    kind: str = "discover"
+    #: the configuration whose centroids (inductive) or pseudo masks (refine) it reads
+    source: str | None = None
+
+    @property
+    def seed_setting(self) -> str:
+        return "seed" if self.kind == "refine" else "labeling.kmeans.seed"
+
+
+@dataclass
+class Study:
+    datasets: dict[str, Dataset]
+    configurations: dict[str, Configuration]
+    baseline: str | None
+    seeds: list[int]
+
+    def order(self) -> list[Configuration]:
+        """Configurations with every source before what reads it."""
+        done: list[str] = []
+
+        def visit(name: str, path: tuple[str, ...]) -> None:
+            if name in done:
+                return
+            if name in path:
+                raise StudyError(f"configurations {' -> '.join((*path, name))} read each other in a circle")
+            source = self.configurations[name].source
+            if source is not None:
+                visit(source, (*path, name))
+            done.append(name)
+
+        for name in self.configurations:
+            visit(name, ())
+        return [self.configurations[name] for name in done]
+
+
+def _strings(value: Any, where: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return shlex.split(value)
+    if not isinstance(value, list) or not all(isinstance(v, str | int | float) for v in value):
+        raise StudyError(f"{where}: a list of overrides (strings), got {value!r}")
+    return [str(v) for v in value]
+
+
+def load_study(study: str | Path, *, seeds: list[int] | None = None, configurations: list[str] | None = None,
+               datasets: list[str] | None = None) -> Study:
+    """The study named ``study`` (``conf/quality/<study>.yaml``) or in the file ``study``, narrowed to the
+    given ``seeds``, ``configurations`` (sources are kept) and ``datasets``."""
+    path = Path(study)
+    if not path.suffix:
+        path = STUDIES / f"{study}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in STUDIES.glob("*.yaml")))
+        raise StudyError(f"--study {study}: no such study file (known: {known}; or a path to a YAML file)")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw.get("datasets"), dict) or not isinstance(raw.get("configurations"), dict):
+        raise StudyError(f"{path}: a study names `datasets` and `configurations` (mappings)")
+    found = {}
+    for name, node in raw["datasets"].items():
+        node = node if isinstance(node, dict) else {"overrides": node}
+        found[name] = Dataset(name, _strings(node.get("overrides"), f"{path}: datasets.{name}"), node.get("fit_on"))
+    configs = {}
+    for name, node in raw["configurations"].items():
+        node = node if isinstance(node, dict) else {"overrides": node}
+        kinds = [kind for kind in ("inductive", "refine") if node.get(kind)]
+        if len(kinds) > 1:
+            raise StudyError(f"{path}: configurations.{name} is inductive or refine, not both")
+        kind = kinds[0] if kinds else "discover"
+        configs[name] = Configuration(name, _strings(node.get("overrides"), f"{path}: configurations.{name}"), kind,
+                                      node.get(kind) if kinds else None)
+    result = Study(found, configs, raw.get("baseline"), [int(s) for s in (seeds or raw.get("seeds") or [0])])
+    for config in configs.values():
+        if config.source is not None and config.source not in configs:
+            raise StudyError(f"{path}: configurations.{config.name} reads configuration {config.source!r}, "
+                             f"which the study does not name ({', '.join(configs)})")
+    for dataset in found.values():
+        if dataset.fit_on is not None and dataset.fit_on not in found:
+            raise StudyError(f"{path}: datasets.{dataset.name}.fit_on={dataset.fit_on!r} is not a dataset of the study")
+    if result.baseline is not None and result.baseline not in configs:
+        raise StudyError(f"{path}: baseline={result.baseline!r} is not a configuration ({', '.join(configs)})")
+    if configurations:
+        unknown = [c for c in configurations if c not in configs]
+        if unknown:
+            raise StudyError(f"--configs {','.join(unknown)}: not in the study ({', '.join(configs)})")
+        keep = set(configurations)
+        while True:  # what they read stays
+            more = {configs[c].source for c in keep if configs[c].source} - keep
+            if not more:
+                break
+            keep |= more
+        result.configurations = {n: c for n, c in configs.items() if n in keep}
+        if result.baseline not in keep:
+            result.baseline = None
+    if datasets:
+        unknown = [d for d in datasets if d not in found]
+        if unknown:
+            raise StudyError(f"--datasets {','.join(unknown)}: not in the study ({', '.join(found)})")
+        keep = set(datasets) | {found[d].fit_on for d in datasets if found[d].fit_on}
+        result.datasets = {n: d for n, d in found.items() if n in keep}
+    return result
+
+
+# ----------------------------------------------------------------------------------------- running
+@dataclass
+class Cell:
+    """One configuration on one dataset: a multirun over its seeds."""
+
+    config: Configuration
+    dataset: Dataset
+    folder: Path
+    command: list[str]
+
+    def run_dir(self, seed: int) -> Path:
+        return self.folder / f"seed{seed}"
+
+    def result_file(self, seed: int) -> Path:
+        run = self.run_dir(seed)
+        return run / "train_summary.json" if self.config.kind == "refine" else run / "metrics.json"
+
+    def result(self, seed: int) -> dict[str, float] | None:
+        """mIoU and pixel accuracy (fractions) of a finished seed, None if it has not finished."""
+        path = self.result_file(seed)
+        if not path.is_file():
+            return None
+        data = load_json(path)
+        if self.config.kind == "refine":
+            last = (data.get("rounds") or [{}])[-1]
+            if last.get("refined_train_miou") is None:
+                return None
+            return {"miou": last["refined_train_miou"], "pixel_accuracy": last["refined_train_pixel_accuracy"]}
+        return {"miou": data["miou"], "pixel_accuracy": data["pixel_accuracy"]}
+
+
+def plan(study: Study, out: Path, extra: list[str]) -> list[Cell]:
+    """Every (configuration, dataset) cell, sources first; an inductive configuration runs on the
+    datasets that name a ``fit_on``."""
+    cells = []
+    for config in study.order():
+        for dataset in study.datasets.values():
+            if config.kind == "inductive" and dataset.fit_on is None:
+                continue
+            folder = out / "runs" / dataset.name / config.name
+            cells.append(Cell(config, dataset, folder, _command(study, config, dataset, out, extra)))
+    return cells
+
+
+def _command(study: Study, config: Configuration, dataset: Dataset, out: Path, extra: list[str]) -> list[str]:
+    folder = out / "runs" / dataset.name / config.name
+    seed = "${" + config.seed_setting + "}"
+    sweep = [f"hydra.sweep.dir={folder}", f"hydra.sweep.subdir=seed{seed}"]
+    if config.kind == "refine":
+        split = dataset.split
+        if split is None:
+            raise StudyError(f"configurations.{config.name} refines on datasets.{dataset.name}, which names no "
+                             "dataset.split= (train.py trains and scores on it)")
+        source = out / "runs" / dataset.name / config.source / f"seed{seed}" / "pseudo_masks"
+        data = [o for o in dataset.overrides if not o.startswith("dataset.split=")]
+        return [sys.executable, "train.py", "-m", *data, f"train_split={split}", f"val_split={split}", "predict=true",
+                f"pseudo_masks={source}", "logger=none", "trainer.enable_progress_bar=false", *sweep,
+                *config.overrides, *extra]
+    overrides = list(config.overrides)
+    if config.kind == "inductive":  # the source's settings, labelled with its centroids of the fit_on split
+        fitted = out / "runs" / dataset.fit_on / config.source / f"seed{seed}" / "labeling" / "centroids.npz"
+        overrides = [*study.configurations[config.source].overrides, f"labeling.centroids={fitted}", *overrides]
+    return [sys.executable, "discover.py", "-m", *dataset.overrides, *QUIET, *sweep, *overrides, *extra]
+
+
+def _pending(cell: Cell, seeds: list[int]) -> list[int]:
+    """Seeds of ``cell`` without a result, or all of them when its command changed since they ran."""
+    record = cell.folder / "command.json"
+    if record.is_file() and load_json(record) != _recorded(cell):
+        return list(seeds)
+    return [s for s in seeds if cell.result(s) is None]
+
+
+def _recorded(cell: Cell) -> list[str]:
+    """The command as recorded (without the interpreter's path, which may differ between machines)."""
+    return cell.command[1:]
+
+
+def run_cell(cell: Cell, seeds: list[int], progress=None, task=None) -> str | None:
+    """Run ``cell``'s multirun over ``seeds`` (its log in ``<folder>/multirun.log``); None, or the error."""
+    cell.folder.mkdir(parents=True, exist_ok=True)
+    changed = (cell.folder / "command.json").is_file() and load_json(cell.folder / "command.json") != _recorded(cell)
+    command = [*cell.command, f"{cell.config.seed_setting}={','.join(str(s) for s in seeds)}"]
+    if changed:
+        command.append("overwrite=true")
+    write_json(cell.folder / "command.json", _recorded(cell))
+    log_path = cell.folder / "multirun.log"
+    with open(log_path, "ab") as stream:
+        stream.write(f"\n$ {shlex.join(command)}\n".encode())
+        stream.flush()
+        proc = subprocess.Popen(command, cwd=REPO, stdout=stream, stderr=subprocess.STDOUT,
+                                env={**os.environ, "HYDRA_FULL_ERROR": os.environ.get("HYDRA_FULL_ERROR", "0")})
+        seen: set[int] = set()
+        while proc.poll() is None:
+            time.sleep(1.0)
+            seen = _advance(cell, seeds, seen, progress, task)
+        _advance(cell, seeds, seen, progress, task)
+    if proc.returncode == 0:
+        return None
+    return _error_line(log_path) or f"exit status {proc.returncode}"
+
+
+def _advance(cell: Cell, seeds: list[int], seen: set[int], progress, task) -> set[int]:
+    finished = {s for s in seeds if s not in seen and cell.result(s) is not None}
+    if progress is not None and finished:
+        progress.advance(task, len(finished))
+    return seen | finished
+
+
+def _error_line(log_path: Path) -> str | None:
+    """The last ``error:`` line (or the last line) of a failed multirun's log."""
+    lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:") or "Error" in line]
+    return (errors or lines or [None])[-1]
+
+
+# -------------------------------------------------------------------------------------- aggregates
+def _stats(values: list[float]) -> dict[str, Any]:
+    array = 100 * np.asarray(values, dtype=np.float64)
+    return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0,
+            "min": float(array.min()), "max": float(array.max()), "n": len(array),
+            "values": [round(float(v), 2) for v in array]}
+
+
+def collect(study: Study, cells: list[Cell]) -> dict[str, Any]:
+    """Every finished run, and per configuration and dataset: mIoU and pixel accuracy (mean ± std over
+    seeds, in %) and the paired mIoU difference to the baseline (mean, min, max over the common seeds)."""
+    runs, table = [], {}
+    by_cell = {(c.config.name, c.dataset.name): c for c in cells}
+    for cell in cells:
+        results = {s: cell.result(s) for s in study.seeds}
+        done = {s: r for s, r in results.items() if r is not None}
+        for seed, result in done.items():
+            runs.append({"configuration": cell.config.name, "dataset": cell.dataset.name, "seed": seed,
+                         "run": str(cell.run_dir(seed)), **result})
+        if not done:
+            continue
+        entry = {"kind": cell.config.kind, "seeds": sorted(done),
+                 "miou": _stats([r["miou"] for r in done.values()]),
+                 "pixel_accuracy": _stats([r["pixel_accuracy"] for r in done.values()])}
+        base = by_cell.get((study.baseline, cell.dataset.name)) if study.baseline else None
+        if base is not None and cell.config.name != study.baseline:
+            paired = [(done[s]["miou"] - b["miou"]) for s in done if (b := base.result(s)) is not None]
+            if paired:
+                entry["vs_baseline"] = {k: v for k, v in _stats(paired).items() if k != "values"}
+        table.setdefault(cell.config.name, {})[cell.dataset.name] = entry
+    return {"baseline": study.baseline, "seeds": study.seeds, "datasets": list(study.datasets),
+            "configurations": {n: {"kind": c.kind, "source": c.source, "overrides": c.overrides}
+                               for n, c in study.configurations.items()},
+            "table": table, "runs": runs}
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    """The study's table: mIoU mean ± std (pixel accuracy) per dataset, and the paired difference."""
+    datasets, table = result["datasets"], result["table"]
+    header = "| configuration | " + " | ".join(datasets) + " |"
+    lines = [f"mIoU / pixel accuracy in %, mean ± std over k-means seeds {result['seeds']} (honest protocol)",
+             "", header, "|---|" + "---|" * len(datasets)]
+    for name in result["configurations"]:
+        cells = []
+        for dataset in datasets:
+            entry = table.get(name, {}).get(dataset)
+            if entry is None:
+                cells.append("-")
+                continue
+            m, a = entry["miou"], entry["pixel_accuracy"]
+            seeds = "" if m["n"] == len(result["seeds"]) else f" ({m['n']} seeds)"
+            cells.append(f"{m['mean']:.1f} ± {m['std']:.1f} / {a['mean']:.1f}{seeds}")
+        bold = "**" if name == result["baseline"] else ""
+        lines.append(f"| {bold}{name}{bold} | " + " | ".join(cells) + " |")
+    if result["baseline"]:
+        lines += ["", f"Paired mIoU difference to `{result['baseline']}`, seed by seed: mean (min .. max)", "",
+                  header, "|---|" + "---|" * len(datasets)]
+        for name in result["configurations"]:
+            if name == result["baseline"]:
+                continue
+            cells = []
+            for dataset in datasets:
+                diff = table.get(name, {}).get(dataset, {}).get("vs_baseline")
+                cells.append("-" if diff is None else f"{diff['mean']:+.1f} ({diff['min']:+.1f} .. {diff['max']:+.1f})")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Configurations:", ""]
+    for name, config in result["configurations"].items():
+        what = {"discover": "discover.py", "inductive": f"discover.py with the centroids `{config['source']}` "
+                "fitted on the dataset's fit_on split", "refine": f"train.py on `{config['source']}`'s pseudo masks "
+                "(transductive)"}[config["kind"]]
+        lines.append(f"- `{name}`: {what} {' '.join(config['overrides'])}".rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def figure(result: dict[str, Any]):
+    """Bars per dataset, one per configuration, with the seed spread (± std) as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    datasets, table, names = result["datasets"], result["table"], list(result["configurations"])
+    fig, axes = plt.subplots(1, 2, figsize=(max(7, 1.8 * len(datasets) * 2), 4.2))
+    width = 0.8 / max(len(names), 1)
+    for ax, metric, label in zip(axes, ("miou", "pixel_accuracy"), ("mIoU (%)", "pixel accuracy (%)")):
+        for i, name in enumerate(names):
+            x = [d + (i - (len(names) - 1) / 2) * width for d in range(len(datasets))]
+            entries = [table.get(name, {}).get(d, {}).get(metric) for d in datasets]
+            ax.bar(x, [e["mean"] if e else 0 for e in entries], width, yerr=[e["std"] if e else 0 for e in entries],
+                   capsize=3, label=name)
+        ax.set_xticks(range(len(datasets)), datasets)
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"mean ± std over seeds {result['seeds']}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def write_results(result: dict[str, Any], out: Path) -> None:
+    write_json(out / "quality.json", result)
+    markdown = to_markdown(result)
+    atomic_write(out / "quality.md", lambda f: f.write(markdown.encode()))
+    save_figure(out / "quality.png", figure(result))
+
+
+def bench_quality(study: Study, out: Path, extra: list[str], *, quiet: bool = False) -> dict[str, Any]:
+    """Run every cell's missing seeds (sources first), then write and return the results.
+
+    A cell whose run fails is reported (its error line and log) and left out; the others go on."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    out.mkdir(parents=True, exist_ok=True)
+    cells = plan(study, out, extra)
+    work = [(cell, _pending(cell, study.seeds)) for cell in cells]
+    failures: dict[str, str] = {}
+    total = sum(len(seeds) for _, seeds in work)
+    print(f"{len(cells)} configurations x datasets, {len(study.seeds)} seeds: {total} runs to do "
+          f"({len(cells) * len(study.seeds) - total} finished before) -> {out}", file=sys.stderr)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, disable=quiet, transient=False) as progress:
+        task = progress.add_task("quality", total=total)
+        for cell, seeds in work:
+            if not seeds:
+                continue
+            blocked = cell.config.source and any(k.startswith(f"{cell.config.source}/") for k in failures)
+            name = f"{cell.config.name}/{cell.dataset.name}"
+            if blocked:
+                failures[name] = f"not run: configuration {cell.config.source} failed"
+                progress.advance(task, len(seeds))
+                continue
+            progress.update(task, description=f"{name} (seeds {','.join(map(str, seeds))})")
+            start = time.monotonic()
+            error = run_cell(cell, seeds, progress, task)
+            minutes = (time.monotonic() - start) / 60
+            if error:
+                failures[name] = error
+                progress.console.print(f"[red]failed[/red] {name}: {error} (log: {cell.folder / 'multirun.log'})")
+            else:
+                scores = [cell.result(s) for s in seeds]
+                mious = " ".join(f"{100 * r['miou']:.1f}" if r else "?" for r in scores)
+                progress.console.print(f"{name}: mIoU {mious} ({minutes:.1f} min)")
+    result = collect(study, cells)
+    result["failed"] = failures
+    write_results(result, out)
+    return result

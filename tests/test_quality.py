@@ -1,0 +1,231 @@
+"""Quality that holds: masks of another size than their photo (real SUIM pairs), inductive labelling
+(another run's centroids), and the quality command (configurations x datasets x seeds)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from datus.data import SUIM, MaskError
+from datus.discovery import SegmentStore
+from datus.evaluation import evaluate_masks
+from datus.labeling import KMeans
+from datus.masks import patch_labels, read_mask, upsample_labels
+from datus.shards import ArrayStore
+from tests.conftest import PROJECT_ROOT, run_discover
+
+#: real SUIM pairs: two whose mask is 590x430 for a 590x375 photo (as released), two that fit
+MISMATCHED = ("f_r_1068_", "f_r_1069_")
+FITTING = ("d_r_132_", "d_r_153_")
+
+
+@pytest.fixture
+def suim_sample(tmp_path, suim_root) -> Path:
+    """A SUIM root (official layout) holding four real train_val pairs, two of them mismatched."""
+    root = tmp_path / "suim"
+    for folder in ("images", "masks"):
+        (root / "train_val" / folder).mkdir(parents=True)
+    for stem in (*MISMATCHED, *FITTING):
+        for path in (suim_root / "train_val").glob(f"*/{stem}.*"):
+            shutil.copy(path, root / "train_val" / path.parent.name / path.name)
+    return root
+
+
+def test_mismatched_masks_are_refused_by_default_listing_every_pair(suim_sample):
+    with pytest.raises(MaskError) as info:
+        SUIM(suim_sample, "train_val")
+    message = str(info.value)
+    assert message.startswith("2 of 4 masks of suim split 'train_val' do not have their photo's size")
+    for stem in MISMATCHED:
+        assert f"masks/{stem}.png is 590x430 (width x height) but its image" in message
+        assert f"images/{stem}.jpg is 590x375" in message
+    assert "dataset.mask_size_mismatch=resize" in message and "dataset.mask_size_mismatch=skip" in message
+    assert not any(stem in message for stem in FITTING)
+
+
+def test_resize_fits_each_mask_to_its_photo_with_nearest_neighbour(suim_sample, caplog):
+    dataset = SUIM(suim_sample, "train_val", mask_size_mismatch="resize")
+    assert "2 of 4 masks" in caplog.text and "resized" in caplog.text
+    for index, sample in enumerate(dataset.samples):
+        item = dataset.load(index)
+        assert tuple(item["mask"].shape) == tuple(item["image"].shape[1:])
+        if sample.stem in MISMATCHED:  # labels are never interpolated: only the file's own classes appear
+            stored = SUIM(suim_sample, "train_val", mask_size_mismatch="skip")._decode_mask(
+                np.asarray(Image.open(sample.mask).convert("RGB")), sample.mask)
+            assert set(np.unique(item["mask"].numpy())) <= set(np.unique(stored))
+            rows = np.minimum(((np.arange(375) + 0.5) * 430 / 375).astype(int), 429)
+            assert np.array_equal(item["mask"].numpy(), stored[rows])  # nearest neighbour, pixel centres
+    assert [e["stem"] for e in dataset.mismatched_masks] == list(MISMATCHED)
+
+
+def test_skip_leaves_the_images_out_of_evaluation_and_names_them(tmp_path, suim_sample):
+    out = tmp_path / "run"
+    run_discover(out, ["backbone=tiny_vit", "resize.size=64", "dataset=suim", f"dataset.root={suim_sample}",
+                       "dataset.split=train_val", "dataset.mask_size_mismatch=skip", "k=3", "graph.min_patches=2",
+                       f"paths.cache_dir={tmp_path / 'cache'}"])
+    summary = json.loads((out / "summary.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    for record in (summary["mask_size_mismatch"], metrics["mask_size_mismatch"]):
+        assert record["setting"] == "dataset.mask_size_mismatch=skip"
+        assert [p["stem"] for p in record["pairs"]] == list(MISMATCHED)
+    assert sorted(p.stem for p in (out / "pseudo_masks").glob("*.png")) == sorted((*MISMATCHED, *FITTING))
+    # the scored pixels are exactly the fitting pairs' labelled pixels
+    dataset = SUIM(suim_sample, "train_val", mask_size_mismatch="skip")
+    labelled = sum(int((dataset.read_mask(s) != 255).sum()) for s in dataset.samples if s.stem in FITTING)
+    assert metrics["labelled_pixels"] == labelled
+    only_fitting = SUIM(suim_sample, "train_val", mask_size_mismatch="skip")
+    only_fitting.samples = [s for s in only_fitting.samples if s.stem in FITTING]
+    alone, _ = evaluate_masks(only_fitting, masks_dir=out / "pseudo_masks", num_clusters=3)
+    assert alone["confusion_matrix"] == metrics["confusion_matrix"]
+
+
+# ------------------------------------------------------------------------------ inductive labelling
+def _labelled_folder(root: Path, split: str, stems: list[str]) -> None:
+    """A folder split of real photos (scikit-image's, shrunk) with 3-class masks from their brightness."""
+    from datus.data.demo import DEMO_FILES, skimage_data_dir
+
+    (root / split / "images").mkdir(parents=True, exist_ok=True)
+    (root / split / "true_masks").mkdir(parents=True, exist_ok=True)
+    for stem, name in zip(stems, DEMO_FILES * 3):
+        with Image.open(skimage_data_dir() / name) as photo:
+            rgb = photo.convert("RGB").resize((96, 72))
+        rgb.save(root / split / "images" / f"{stem}.png")
+        grey = np.asarray(rgb).mean(axis=2)
+        Image.fromarray(np.digitize(grey, [85, 170]).astype(np.uint8)).save(root / split / "true_masks" / f"{stem}.png")
+
+
+FOLDER = ["backbone=tiny_vit", "resize.size=64", "dataset=folder", "dataset.num_classes=3", "k=3",
+          "graph.min_patches=2"]
+
+
+@pytest.fixture
+def two_splits(tmp_path) -> Path:
+    root = tmp_path / "data"
+    _labelled_folder(root, "train", ["a0", "a1", "a2", "a3"])
+    _labelled_folder(root, "val", ["b0", "b1", "b2"])
+    return root
+
+
+@pytest.mark.parametrize("method", ["datus", "kmeans_patches"])
+def test_centroids_of_another_run_label_a_split_as_the_saved_centroids_do(tmp_path, two_splits, method):
+    cache = tmp_path / "cache"
+    common = [*FOLDER, f"dataset.root={two_splits}", f"method={method}", f"paths.cache_dir={cache}"]
+    run_discover(tmp_path / "fit", [*common, "dataset.split=train"])
+    centroids = tmp_path / "fit" / "labeling" / "centroids.npz"
+    run_discover(tmp_path / "val", [*common, "dataset.split=val", f"labeling.centroids={centroids}"])
+    summary = json.loads((tmp_path / "val" / "summary.json").read_text())
+    assert summary["labeling"]["fitted"] is False and summary["labeling"]["centroids"] == str(centroids)
+    assert summary["labeling"]["fit_on"]["split"] == "train"
+    assert (tmp_path / "val" / "metrics.json").is_file()
+    kmeans = KMeans.load(centroids)
+    if method == "datus":
+        for record in SegmentStore(tmp_path / "val" / "segments"):
+            expected = kmeans.predict(record.decomposition.segment_features.astype(np.float32))
+            mask = read_mask(tmp_path / "val" / "pseudo_masks" / f"{record.stem}.png")
+            assert np.array_equal(mask, upsample_labels(patch_labels(record.decomposition.segments, expected),
+                                                         record.orig_size))
+    else:
+        store = Path(summary["patch_features_dir"])
+        for record in ArrayStore(store).read().values():
+            expected = kmeans.predict(record.rows.astype(np.float32)).reshape(record.meta[:2]).astype(np.uint8)
+            mask = read_mask(tmp_path / "val" / "pseudo_masks" / f"{record.stem}.png")
+            assert np.array_equal(mask, upsample_labels(expected, tuple(record.meta[2:4])))
+    # the run's own centroids file names what labelled it and stays usable for a third split
+    again = KMeans.load(tmp_path / "val" / "labeling" / "centroids.npz")
+    assert np.array_equal(again.centroids, kmeans.centroids)
+    assert again.settings["features"] == kmeans.settings["features"]
+
+
+@pytest.mark.parametrize("change,setting", [
+    (["resize.size=96"], "resize.size"),
+    (["graph.segment_feature=tokens"], "graph.segment_feature"),
+    (["method=kmeans_patches"], "method"),
+    (["backbone.pos_antialias=true"], "backbone.pos_antialias"),
+])
+def test_centroids_of_other_features_are_refused_naming_the_setting(tmp_path, two_splits, change, setting):
+    common = [*FOLDER, f"dataset.root={two_splits}", f"paths.cache_dir={tmp_path / 'cache'}"]
+    run_discover(tmp_path / "fit", [*common, "dataset.split=train"])
+    centroids = tmp_path / "fit" / "labeling" / "centroids.npz"
+    with pytest.raises(ValueError, match=rf"labeling\.centroids=.* was fitted on features with {setting}="):
+        run_discover(tmp_path / "val", [*common, "dataset.split=val", f"labeling.centroids={centroids}", *change])
+    assert not (tmp_path / "val" / "segments").exists()  # refused before any image was read
+
+
+@pytest.mark.parametrize("change,message", [
+    (["k=4"], r"k=4 but labeling\.centroids=.* holds 3 centroids: pass k=3"),
+    (["method=wnet"], r"method=wnet does not cluster with k-means centroids"),
+    (["labeling.centroids=nothing.npz"], r"labeling\.centroids=nothing\.npz: no such file"),
+])
+def test_centroids_of_another_k_missing_or_for_a_method_without_centroids_are_refused(tmp_path, two_splits, change,
+                                                                                     message):
+    from datus.cli.errors import user_error
+
+    common = [*FOLDER, f"dataset.root={two_splits}", f"paths.cache_dir={tmp_path / 'cache'}"]
+    run_discover(tmp_path / "fit", [*common, "dataset.split=train"])
+    centroids = tmp_path / "fit" / "labeling" / "centroids.npz"
+    with pytest.raises(Exception) as info:
+        run_discover(tmp_path / "val", [*common, "dataset.split=val", f"labeling.centroids={centroids}", *change])
+    assert re.search(message, str(user_error(info.value))), str(info.value)
+
+
+# ------------------------------------------------------------------------------ the quality command
+@pytest.mark.slow
+def test_quality_command_runs_a_study_resumes_and_reports(tmp_path, two_splits):
+    study = {
+        "seeds": [0, 1],
+        "baseline": "kmeans_patches",
+        "datasets": {
+            "val": {"overrides": ["dataset=folder", "dataset.split=val", "dataset.num_classes=3", "k=3"],
+                    "fit_on": "train"},
+            "train": ["dataset=folder", "dataset.split=train", "dataset.num_classes=3", "k=3"],
+        },
+        "configurations": {
+            "kmeans_patches": ["method=kmeans_patches", "labeling.kmeans.overcluster=1"],
+            "defaults": [],
+            "defaults_inductive": {"inductive": "defaults"},
+        },
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    out = tmp_path / "quality"
+    command = [sys.executable, "-m", "datus.bench", "quality", "--study", str(path), "--out", str(out),
+               "backbone=tiny_vit", "resize.size=64", "graph.min_patches=2", f"dataset.root={two_splits}",
+               f"paths.cache_dir={tmp_path / 'cache'}"]
+    first = subprocess.run([*command, "--seeds", "0"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1200)
+    assert first.returncode == 0, first.stderr[-3000:]
+    seed0 = out / "runs" / "val" / "defaults" / "seed0" / "metrics.json"
+    stamp = seed0.stat().st_mtime_ns
+    proc = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "5 runs to do (5 finished before)" in proc.stderr  # resumed: only seed 1 ran
+    assert seed0.stat().st_mtime_ns == stamp
+    result = json.loads((out / "quality.json").read_text())
+    runs = {(r["configuration"], r["dataset"], r["seed"]): r for r in result["runs"]}
+    assert len(runs) == 10  # 2 configurations x 2 datasets x 2 seeds + the inductive one on val x 2 seeds
+    for run in runs.values():
+        metrics = json.loads((Path(run["run"]) / "metrics.json").read_text())
+        assert run["miou"] == metrics["miou"]
+    table = result["table"]
+    values = [runs[("defaults", "train", s)]["miou"] * 100 for s in (0, 1)]
+    assert table["defaults"]["train"]["miou"]["mean"] == pytest.approx(np.mean(values))
+    assert table["defaults"]["train"]["miou"]["std"] == pytest.approx(np.std(values, ddof=1))
+    diffs = [(runs[("defaults", "val", s)]["miou"] - runs[("kmeans_patches", "val", s)]["miou"]) * 100 for s in (0, 1)]
+    assert table["defaults"]["val"]["vs_baseline"]["mean"] == pytest.approx(np.mean(diffs))
+    assert table["defaults"]["val"]["vs_baseline"]["min"] == pytest.approx(min(diffs))
+    assert "train" not in table["defaults_inductive"]  # inductive rows only where a fit_on split is named
+    inductive = json.loads((out / "runs" / "val" / "defaults_inductive" / "seed1" / "summary.json").read_text())
+    assert inductive["labeling"]["centroids"] == str(out / "runs" / "train" / "defaults" / "seed1" / "labeling"
+                                                     / "centroids.npz")
+    markdown = (out / "quality.md").read_text()
+    assert "| defaults_inductive | " in markdown and "Paired mIoU difference to `kmeans_patches`" in markdown
+    with Image.open(out / "quality.png") as picture:
+        assert picture.size[0] > 500
