@@ -27,8 +27,9 @@ from datus.backbones import Backbone
 from datus.discovery import SceneDecomposer, SegmentStore, run_discovery
 from datus.io import atomic_write, load_json, write_npz
 from datus.labeling import Labeler, PatchTokens
-from datus.labeling.run import ScoresToMask
+from datus.labeling.run import ScoresToMask, label_patches
 from datus.masks import save_masks
+from datus.refine.features import FeatureCache
 from datus.runs import job_lock
 from datus.shards import ArrayStore, Manifest, PredictLoop
 from datus.wnet import WNetTraining
@@ -61,8 +62,10 @@ class Job:
     manifest: Manifest | None = None
     #: what the clustered features are (:func:`datus.labeling.inductive.feature_settings`) and the split
     #: they come from: recorded in ``centroids.npz``, checked where another split is labelled with it
-    features: dict[str, Any] | None = None
+    feature_settings: dict[str, Any] | None = None
     fit_on: dict[str, Any] | None = None
+    #: frozen feature maps of the split, computed once and cached (what trained stages read)
+    feature_cache: FeatureCache | None = None
 
     def segments(self) -> SegmentStore:
         return SegmentStore(self.work / "segments", manifest=self.manifest)
@@ -134,7 +137,10 @@ class Datus(Method):
         return {**settings, **self.decomposer.cache_key()}
 
     def features_read(self) -> dict[str, str]:
-        return {"graph.feature": self.decomposer.feature, "graph.segment_feature": self.decomposer.segment_feature}
+        read = {"graph.feature": self.decomposer.feature, "graph.segment_feature": self.decomposer.segment_feature}
+        if self.decomposer.segment_blocks:
+            read["graph.segment_blocks"] = str(list(self.decomposer.segment_blocks))
+        return read
 
     def compute(self, job: Job) -> dict[str, Any]:
         summary: dict[str, Any] = {}
@@ -165,7 +171,7 @@ class Datus(Method):
 
     def label(self, job: Job, scores_to_mask: ScoresToMask | None) -> dict[str, Any]:
         summary = job.labeler.label_segments(job.backbone, job.segments(), job.work, job.out_dir, scores_to_mask,
-                                             features=job.features, fit_on=job.fit_on)
+                                             features=job.feature_settings, fit_on=job.fit_on)
         _pictures_with_masks(job)
         return summary
 
@@ -197,7 +203,7 @@ class KMeansPatches(Method):
 
     def label(self, job: Job, scores_to_mask: ScoresToMask | None) -> dict[str, Any]:
         summary = job.labeler.label_patches(self._store(job).read(), job.out_dir, scores_to_mask,
-                                            features=job.features, fit_on=job.fit_on)
+                                            features=job.feature_settings, fit_on=job.fit_on)
         summary["patch_feature"] = self.patch_feature
         return summary
 
@@ -374,6 +380,103 @@ class ClipSam(Method):
                   class_names=np.array(self._namer.class_names))
         return {"method": self.name, "k": job.labeler.k, "class_names": self._namer.class_names,
                 "coverage": written["coverage"], "cluster_pixels": written["cluster_pixels"]}
+
+
+class PriMaPsMethod(Method):
+    """PriMaPs-EM (Hahn et al., TMLR 2024): principal mask proposals per image, class prototypes started by
+    k-means (``labeling.kmeans.seed``) and fitted to the proposals by stochastic EM; each pixel takes the
+    teacher's most aligned prototype (bilinear logits, or the dense CRF with ``postprocess=crf``)."""
+
+    name = "primaps"
+    cache_kind = None
+
+    def __init__(self, *, primaps) -> None:
+        from datus.primaps import PriMaPs
+
+        if not isinstance(primaps, PriMaPs):
+            primaps = PriMaPs(**primaps)
+        self.primaps = primaps
+        self._fitted = None
+
+    def features_read(self) -> dict[str, str]:
+        return {"method.primaps.features": ",".join(self.primaps.spec.names)}
+
+    def compute(self, job: Job) -> dict[str, Any]:
+        self._fitted = self.primaps.fit(job.backbone, job.loop.dataset, backbone_settings=(job.settings or {}).get(
+            "backbone", {"name": job.backbone.name}), cache=job.feature_cache, k=job.labeler.k,
+            seed=job.labeler.kmeans.seed)
+        return {"primaps": self.primaps.report}
+
+    def scores_to_mask(self, labeler: Labeler, crf, dataset) -> ScoresToMask | None:
+        """The CRF on the teacher's logits (PriMaPs' test-time CRF), with each original image."""
+        if crf is None:
+            return None
+
+        def to_mask(index: int, logits: np.ndarray) -> np.ndarray:
+            image = dataset.load(index)["image"].permute(1, 2, 0).numpy()
+            return crf(image, torch.as_tensor(logits))
+
+        return to_mask
+
+    def label(self, job: Job, scores_to_mask: ScoresToMask | None) -> dict[str, Any]:
+        from datus.postprocess import labels_from_scores
+        from datus.primaps import PriMaPs
+
+        if self._fitted is None:
+            raise RuntimeError("PriMaPsMethod.label before compute")
+        index, teacher = self._fitted
+
+        def masks():
+            for i in sorted(index.entries):
+                logits = PriMaPs.logits(teacher, index, i)
+                size = index.orig_size(i)
+                mask = labels_from_scores(logits, size) if scores_to_mask is None else scores_to_mask(i, logits)
+                yield index.stem(i), mask, size
+
+        written = save_masks(job.out_dir, masks(), job.labeler.k)
+        return {"method": self.name, "k": job.labeler.k, "images": len(index), "postprocessed": scores_to_mask is not None,
+                "coverage": written["coverage"], "cluster_pixels": written["cluster_pixels"]}
+
+
+class StegoMethod(KMeansPatches):
+    """STEGO's read-out (Hamilton et al. 2022) of a feature head's codes (``head=stego``): its cluster probe,
+    K cosine centroids trained by minibatch gradient descent on the split's codes (``labeling.kmeans.seed``),
+    each patch its most similar centroid; ``postprocess=crf`` feeds ``log_softmax(cosine / temperature)``
+    to the dense CRF, as STEGO evaluates (temperature 0.5: STEGO's ``alpha=2``)."""
+
+    name = "stego"
+    inductive = False  # its probe is fitted in label(): labeling.centroids is refused
+
+    def __init__(self, *, probe, temperature: float = 0.5) -> None:
+        from datus.labeling.probe import ClusterProbe
+
+        super().__init__(patch_feature="codes")
+        self.probe = probe if isinstance(probe, ClusterProbe) else ClusterProbe(**probe)
+        if float(temperature) <= 0:
+            raise ValueError(f"method.temperature={temperature} must be > 0")
+        self.temperature = float(temperature)
+
+    def features_read(self) -> dict[str, str]:
+        return {"method.patch_feature": "codes"}
+
+    def scores_to_mask(self, labeler: Labeler, crf, dataset) -> ScoresToMask | None:
+        if crf is None:
+            return None
+
+        def to_mask(index: int, scores: np.ndarray) -> np.ndarray:
+            image = dataset.load(index)["image"].permute(1, 2, 0).numpy()
+            return crf(image, torch.from_numpy(np.asarray(scores, dtype=np.float32) / self.temperature))
+
+        return to_mask
+
+    def label(self, job: Job, scores_to_mask: ScoresToMask | None) -> dict[str, Any]:
+        patches = self._store(job).read()
+        kmeans = self.probe.fit(patches, k=job.labeler.k, seed=job.labeler.kmeans.seed)
+        summary = label_patches(patches, out_dir=job.out_dir, kmeans=kmeans, scores_to_mask=scores_to_mask, fit=False,
+                                settings={"features": job.feature_settings or {}, "fit_on": job.fit_on})
+        summary.update(method=self.name, probe=self.probe.report, fitted=True,
+                       patches_clustered=self.probe.report["patches"])
+        return summary
 
 
 def _pictures_with_masks(job: Job) -> None:

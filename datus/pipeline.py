@@ -127,11 +127,11 @@ def run_pipeline(
         log.warning("ignored %s: %s, not an image file", entry["file"], entry["reason"])
     _claim_output_dir(out_dir, run_settings if run_settings is not None else settings, overwrite)
     remove_stale_temporaries(out_dir)  # left by a killed run (SIGKILL cannot be caught)
+    feature_cache = FeatureCache(cache_dir, out_dir, make_trainer, batch_size=batch_size, num_workers=num_workers)
     if projection is not None:
         backbone = projection.attach(
             backbone, dataset, backbone_settings=settings.get("backbone", {"name": backbone.name}),
-            resize=dataset.transform, cache=FeatureCache(cache_dir, out_dir, make_trainer, batch_size=batch_size,
-                                                         num_workers=num_workers))
+            resize=dataset.transform, cache=feature_cache)
         # the codes are the head's: segments and features cached from another head must not be reused
         settings = {**settings, "head_file": projection.report["digest"]}
         features["head"] = projection.report["digest"]
@@ -147,9 +147,9 @@ def run_pipeline(
                        batch_size=batch_size, num_workers=num_workers, shard_size=shard_size)
     job = Job(backbone=backbone, loop=loop, work=work, out_dir=out_dir, labeler=labeler, stage=stage,
               indices=indices, settings=key, num_pictures=num_pictures, overwrite=overwrite, rank=global_rank(),
-              shard=(shard_index, shard_count), manifest=dataset_manifest(dataset), features=features,
+              shard=(shard_index, shard_count), manifest=dataset_manifest(dataset), feature_settings=features,
               fit_on={"dataset": getattr(dataset, "name", None), "root": str(getattr(dataset, "root", "")),
-                      "split": getattr(dataset, "split", None)})
+                      "split": getattr(dataset, "split", None)}, feature_cache=feature_cache)
     summary = method.compute(job)
     clock.lap("backbone_passes")
     if global_rank() != 0:

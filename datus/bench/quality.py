@@ -127,7 +127,10 @@ def load_study(study: str | Path, *, seeds: list[int] | None = None, configurati
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in STUDIES.glob("*.yaml")))
         raise StudyError(f"--study {study}: no such study file (known: {known}; or a path to a YAML file)")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise StudyError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from err
     if not isinstance(raw.get("datasets"), dict) or not isinstance(raw.get("configurations"), dict):
         raise StudyError(f"{path}: a study names `datasets` and `configurations` (mappings)")
     found = {}

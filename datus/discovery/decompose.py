@@ -52,7 +52,10 @@ class SceneDecomposer:
 
     ``feature`` chooses the patch features of the graph (paper: ``keys``), ``min_patches`` is
     the size a region must exceed to be a valid segment (paper: 5), ``connectivity`` 8 as the
-    paper; ``segment_feature`` is what :attr:`Decomposition.segment_features` averages.
+    paper; ``segment_feature`` is what :attr:`Decomposition.segment_features` averages, with the
+    output tokens of ``segment_blocks`` (earlier blocks, negative from the end) beside it: each
+    L2-normalised per patch, then concatenated (a mid-level block adds appearance that the last
+    block's keys abstract away).
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class SceneDecomposer:
         min_patches: int = 5,
         connectivity: int = 8,
         segment_feature: str = "tokens",
+        segment_blocks: tuple[int, ...] | list[int] = (),
     ) -> None:
         for key, value in (("feature", feature), ("segment_feature", segment_feature)):
             if value not in PATCH_FEATURES:
@@ -75,6 +79,16 @@ class SceneDecomposer:
         self.feature = feature
         self.min_patches, self.connectivity = int(min_patches), int(connectivity)
         self.segment_feature = segment_feature
+        self.segment_blocks = tuple(int(b) for b in segment_blocks)
+
+    def segment_input(self, out) -> Tensor:
+        """The ``(B, N, D)`` per-patch features whose segment means are stored, from a backbone output
+        computed with ``blocks=segment_blocks``."""
+        feature = out.features(self.segment_feature)
+        if not self.segment_blocks:
+            return feature
+        parts = [feature, *(out.hidden[i] for i in sorted(out.hidden))]
+        return torch.cat([torch.nn.functional.normalize(p.float(), dim=-1) for p in parts], dim=-1)
 
     #: whether :meth:`__call__` needs the image itself (a decomposer that segments pixels, e.g. W-Net's)
     needs_image: bool = False

@@ -37,9 +37,9 @@ class DiscoveryModule(pl.LightningModule):
     def _forward_group(self, items: list[dict]) -> tuple[list[dict], Any, Any, Any, float]:
         images = torch.stack([item["image"] for item in items]).to(self.device)
         start = time.perf_counter()
-        out = self.backbone(self.backbone.normalize(images))
+        out = self.backbone(self.backbone.normalize(images), blocks=self.decomposer.segment_blocks)
         graph = out.features(self.decomposer.feature)
-        segment = out.features(self.decomposer.segment_feature)
+        segment = self.decomposer.segment_input(out)
         if images.is_cuda:
             torch.cuda.synchronize()
         backbone_ms = 1e3 * (time.perf_counter() - start) / len(items)
