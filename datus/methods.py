@@ -390,16 +390,14 @@ class PriMaPsMethod(Method):
     name = "primaps"
     cache_kind = None
 
-    def __init__(self, *, primaps) -> None:
+    def __init__(self, **settings) -> None:
         from datus.primaps import PriMaPs
 
-        if not isinstance(primaps, PriMaPs):
-            primaps = PriMaPs(**primaps)
-        self.primaps = primaps
+        self.primaps = PriMaPs(**settings)  # every setting is checked here, before any image is read
         self._fitted = None
 
     def features_read(self) -> dict[str, str]:
-        return {"method.primaps.features": ",".join(self.primaps.spec.names)}
+        return {"method.features": ",".join(self.primaps.spec.names)}
 
     def compute(self, job: Job) -> dict[str, Any]:
         self._fitted = self.primaps.fit(job.backbone, job.loop.dataset, backbone_settings=(job.settings or {}).get(

@@ -77,6 +77,8 @@ class PriMaPsModule(pl.LightningModule):
         self.student = Prototypes(centroids)
         self.teacher = copy.deepcopy(self.student).requires_grad_(False)
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+        #: the optimiser step the teacher last followed (checkpointed, so a resumed fit neither skips nor repeats one)
+        self.register_buffer("ema_step", torch.zeros((), dtype=torch.long))
 
     def _logits(self, head: Prototypes, features: Tensor, size: tuple[int, int]) -> Tensor:
         return F.interpolate(head(features[None].float()), size=size, mode="bilinear", align_corners=False)[0]
@@ -112,9 +114,20 @@ class PriMaPsModule(pl.LightningModule):
             teacher.mul_(decay).add_(student.detach(), alpha=1 - decay)
         self.ema_updates += 1
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.global_step % self.hparams.ema_every == 0:
+    def _follow(self) -> None:
+        """Update the teacher after every ``ema_every``-th optimiser step, once. Called before each batch
+        and when training ends, not after a batch: Lightning checkpoints after a batch before the module's
+        own hook runs, so an update there would be lost by a fit resumed from that checkpoint."""
+        step = self.global_step
+        if step > 0 and step % self.hparams.ema_every == 0 and step > int(self.ema_step):
             self.update_teacher()
+            self.ema_step.fill_(step)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self._follow()
+
+    def on_train_end(self) -> None:
+        self._follow()
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.student.parameters(), lr=self.hparams.lr)
