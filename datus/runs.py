@@ -68,6 +68,8 @@ def cache_settings(container: dict[str, Any]) -> dict[str, Any]:
     (``Method.cache_key``)."""
     container = resolve_files(container)
     settings = {key: container[key] for key in SETTINGS_KEYS}
+    # how mismatched masks are scored changes no backbone pass (and keys made before the setting stay valid)
+    settings["dataset"] = {k: v for k, v in settings["dataset"].items() if k != "mask_size_mismatch"}
     if container.get("head") is not None:  # head=none keeps the keys of runs made before heads existed
         settings["head"] = container["head"]
     return settings

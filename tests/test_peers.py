@@ -21,7 +21,6 @@ from datus.cli.errors import user_error
 from datus.masks import read_mask
 from datus.primaps import (
     BACKGROUND,
-    PriMaPs,
     PriMaPsModule,
     class_focal_loss,
     majority_vote,
@@ -97,7 +96,6 @@ def test_one_em_step_on_real_features_lowers_the_loss_and_the_teacher_moves_by_t
     torch.manual_seed(0)
     backbone = build_backbone("tiny_vit")
     dataset = ImageFolder(photos, "train", num_classes=3, transform=ResizeForBackbone(64, backbone.patch_size))
-    stage = PriMaPs(proposal_crf=None, label_scale=2)
     batch = []
     for i in range(4):
         fmap = feature_maps(backbone, dataset[i]["image"][None], FeatureSpec(names=("tokens",)))[0]
