@@ -68,8 +68,11 @@ def cache_settings(container: dict[str, Any]) -> dict[str, Any]:
     (``Method.cache_key``)."""
     container = resolve_files(container)
     settings = {key: container[key] for key in SETTINGS_KEYS}
-    # how mismatched masks are scored changes no backbone pass (and keys made before the setting stay valid)
+    # how mismatched masks are scored changes no backbone pass, nor does a setting left at the value that
+    # means "as before it existed": such entries are left out, so keys made before them stay valid
     settings["dataset"] = {k: v for k, v in settings["dataset"].items() if k != "mask_size_mismatch"}
+    if isinstance(settings.get("graph"), dict) and not settings["graph"].get("segment_blocks", True):
+        settings["graph"] = {k: v for k, v in settings["graph"].items() if k != "segment_blocks"}
     if container.get("head") is not None:  # head=none keeps the keys of runs made before heads existed
         settings["head"] = container["head"]
     return settings
