@@ -27,6 +27,22 @@ def _whole(setting: str, value: object, minimum: int, hint: str = "") -> int:
     return int(value)
 
 
+def _aligned(labels: np.ndarray, reference: np.ndarray, weights: np.ndarray, k: int) -> list[np.ndarray]:
+    """Each row of ``labels`` (runs x points) relabelled to match ``reference`` best: the Hungarian
+    assignment on their ``weights``-weighted co-occurrence of labels."""
+    from scipy.optimize import linear_sum_assignment
+
+    out = []
+    for run in labels:
+        together = np.zeros((k, k))
+        np.add.at(together, (run, reference), weights)
+        rows, cols = linear_sum_assignment(together, maximize=True)
+        relabel = np.empty(k, dtype=np.int64)
+        relabel[rows] = cols
+        out.append(relabel[run])
+    return out
+
+
 class KMeans:
     """k-means over ``(n, d)`` features, optionally centred or after PCA (and whitening).
 
@@ -45,6 +61,12 @@ class KMeans:
     leaves the small ones none; merging fine clusters keeps more of the small ones apart. A
     feature's score for a group is its best score over the group's fine centroids;
     ``centroids`` are then the groups' normalised mean centroids.
+
+    ``ensemble`` > 1 runs the whole clustering that many times (seeds ``seed * 1000 + r``) and lets the
+    runs vote: each run's labels are matched to the current consensus by the Hungarian algorithm on
+    their (weighted) co-occurrence, every point takes the label most runs give it, and this repeats
+    until the consensus is stable; ``centroids`` are then its groups' normalised mean features. A
+    partition that a few unlucky initialisations get wrong is outvoted by the others.
     """
 
     def __init__(
@@ -59,6 +81,7 @@ class KMeans:
         whiten: bool = False,
         max_points_per_centroid: int | None = None,
         overcluster: float = 1.0,
+        ensemble: int = 1,
         gpu: bool | str = "auto",
     ) -> None:
         k = _whole("k", k, 2, "(the number of clusters)")
@@ -77,6 +100,7 @@ class KMeans:
             raise ValueError(f"labeling.kmeans.overcluster={overcluster!r} must be a number >= 1 "
                              "(1: no over-clustering; 2: 2K clusters merged into K)")
         self.overcluster = float(overcluster)
+        self.ensemble = _whole("labeling.kmeans.ensemble", ensemble, 1, "(1: one clustering, no vote)")
         self.gpu = gpu
         #: over-clustering: the fine centroids and the group (0..k-1) of each
         self.fine_centroids: np.ndarray | None = None
@@ -88,6 +112,8 @@ class KMeans:
         self.points_used: int | None = None
         #: what the fitted features were (backbone, resize, feature, head, ...; see :meth:`save`)
         self.settings: dict[str, Any] | None = None
+        #: with ``ensemble`` > 1: the share of points each run labels as the consensus does
+        self.agreement: list[float] | None = None
 
     @property
     def fitted(self) -> bool:
@@ -126,11 +152,52 @@ class KMeans:
 
     def fit(self, features: np.ndarray, weights: np.ndarray | None = None) -> KMeans:
         """Cluster ``features`` (optionally weighted, e.g. by segment size); needs ``k`` points."""
-        import faiss
-
         x = np.asarray(features, dtype=np.float32)
         if x.ndim != 2 or len(x) < self.k:
             raise ValueError(f"k-means with k={self.k} needs at least {self.k} points, got {len(x)}")
+        if self.ensemble == 1:
+            return self._fit_once(x, weights)
+        return self._fit_ensemble(x, weights)
+
+    def _fit_ensemble(self, x: np.ndarray, weights: np.ndarray | None) -> KMeans:
+        """``ensemble`` clusterings of ``x``, then their consensus by aligned majority vote (see the class)."""
+        w = np.ones(len(x)) if weights is None else np.asarray(weights, dtype=np.float64)
+        runs = []
+        for r in range(self.ensemble):
+            member = KMeans(self.k, niter=self.niter, nredo=self.nredo, seed=self.seed * 1000 + r,
+                            spherical=self.spherical, center=self.center, pca_dim=self.pca_dim, whiten=self.whiten,
+                            max_points_per_centroid=self.max_points_per_centroid, overcluster=self.overcluster,
+                            gpu=self.gpu)
+            runs.append(member._fit_once(x, weights).predict(x))
+        labels = np.stack(runs)
+        # start from the run that agrees most with the others, then vote until the consensus holds
+        agreement = [sum(float((aligned == run).mean()) for aligned in _aligned(labels, run, w, self.k)) for run in labels]
+        consensus = labels[int(np.argmax(agreement))]
+        for _ in range(10):
+            votes = np.zeros((len(x), self.k))
+            for aligned in _aligned(labels, consensus, w, self.k):
+                votes[np.arange(len(x)), aligned] += 1
+            voted = votes.argmax(axis=1)
+            if np.array_equal(voted, consensus):
+                break
+            consensus = voted
+        self._fit_pca(x)
+        transformed = self.transform(x)
+        means = np.zeros((self.k, x.shape[1] if self.projection is None else self.projection.shape[1]))
+        np.add.at(means, consensus, transformed * w[:, None])
+        if self.spherical:
+            means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+        else:
+            means /= np.maximum(np.bincount(consensus, weights=w, minlength=self.k), 1e-12)[:, None]
+        self.centroids, self.fine_centroids, self.groups = means.astype(np.float32), None, None
+        #: the share of points each run labels as the consensus does (its labels matched to the consensus')
+        self.agreement = [float((aligned == consensus).mean()) for aligned in _aligned(labels, consensus, w, self.k)]
+        self.objective, self.points_used = None, len(x)
+        return self
+
+    def _fit_once(self, x: np.ndarray, weights: np.ndarray | None) -> KMeans:
+        import faiss
+
         # over-clustering asks for more clusters than a small split may have points: as many as there are
         fine = max(self.k, min(round(self.overcluster * self.k), len(x)))
         self._fit_pca(x)

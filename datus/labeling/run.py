@@ -125,6 +125,7 @@ def run_labeling(
         "fitted": fit,
         "kmeans_points_used": kmeans.points_used,
         "kmeans_objective": kmeans.objective,
+        **({"kmeans_ensemble_agreement": kmeans.agreement} if getattr(kmeans, "agreement", None) else {}),
         "fill": fill,
         "weighted": weighted,
         "postprocessed": scores_to_mask is not None,
