@@ -11,7 +11,8 @@ points. A *study* (``conf/quality/<name>.yaml``, or any YAML file of that shape)
   centroids that configuration fitted on the dataset's ``fit_on``, seed by seed) or
   ``{refine: <configuration>, overrides: [...]}`` (``train.py`` on that configuration's pseudo masks
   of the same dataset and seed, transductive: trained and scored on the split itself);
-- ``baseline`` (a configuration every other one is compared with, seed by seed) and ``seeds``.
+- ``baseline`` (a configuration every other one is compared with, seed by seed) and ``seeds``; a
+  configuration may name its own ``seeds`` (fewer, for an expensive row: the table says how many).
 
 Every (configuration, dataset) is one Hydra multirun of the README's command over the seeds not
 finished yet (``labeling.kmeans.seed``; ``train.py``'s ``seed``), into
@@ -75,6 +76,8 @@ class Configuration:
     kind: str = "discover"
     #: the configuration whose centroids (inductive) or pseudo masks (refine) it reads
     source: str | None = None
+    #: its own seeds (None: the study's)
+    seeds: list[int] | None = None
 
     @property
     def seed_setting(self) -> str:
@@ -144,9 +147,15 @@ def load_study(study: str | Path, *, seeds: list[int] | None = None, configurati
         if len(kinds) > 1:
             raise StudyError(f"{path}: configurations.{name} is inductive or refine, not both")
         kind = kinds[0] if kinds else "discover"
+        own = node.get("seeds")
+        if own is not None and (not isinstance(own, list) or not all(isinstance(v, int) for v in own)):
+            raise StudyError(f"{path}: configurations.{name}.seeds must be a list of whole numbers, got {own!r}")
         configs[name] = Configuration(name, _strings(node.get("overrides"), f"{path}: configurations.{name}"), kind,
-                                      node.get(kind) if kinds else None)
+                                      node.get(kind) if kinds else None, own)
     result = Study(found, configs, raw.get("baseline"), [int(s) for s in (seeds or raw.get("seeds") or [0])])
+    for config in configs.values():  # a row's own seeds, within the study's (--seeds narrows both)
+        if config.seeds is not None:
+            config.seeds = [s for s in config.seeds if s in result.seeds]
     for config in configs.values():
         if config.source is not None and config.source not in configs:
             raise StudyError(f"{path}: configurations.{config.name} reads configuration {config.source!r}, "
@@ -187,6 +196,9 @@ class Cell:
     dataset: Dataset
     folder: Path
     command: list[str]
+
+    def seeds(self, study: Study) -> list[int]:
+        return study.seeds if self.config.seeds is None else self.config.seeds
 
     def run_dir(self, seed: int) -> Path:
         return self.folder / f"seed{seed}"
@@ -308,7 +320,7 @@ def collect(study: Study, cells: list[Cell]) -> dict[str, Any]:
     runs, table = [], {}
     by_cell = {(c.config.name, c.dataset.name): c for c in cells}
     for cell in cells:
-        results = {s: cell.result(s) for s in study.seeds}
+        results = {s: cell.result(s) for s in cell.seeds(study)}
         done = {s: r for s, r in results.items() if r is not None}
         for seed, result in done.items():
             runs.append({"configuration": cell.config.name, "dataset": cell.dataset.name, "seed": seed,
@@ -325,7 +337,8 @@ def collect(study: Study, cells: list[Cell]) -> dict[str, Any]:
                 entry["vs_baseline"] = {k: v for k, v in _stats(paired).items() if k != "values"}
         table.setdefault(cell.config.name, {})[cell.dataset.name] = entry
     return {"baseline": study.baseline, "seeds": study.seeds, "datasets": list(study.datasets),
-            "configurations": {n: {"kind": c.kind, "source": c.source, "overrides": c.overrides}
+            "configurations": {n: {"kind": c.kind, "source": c.source, "overrides": c.overrides,
+                                   "seeds": c.seeds if c.seeds is not None else study.seeds}
                                for n, c in study.configurations.items()},
             "table": table, "runs": runs}
 
@@ -344,7 +357,7 @@ def to_markdown(result: dict[str, Any]) -> str:
                 cells.append("-")
                 continue
             m, a = entry["miou"], entry["pixel_accuracy"]
-            seeds = "" if m["n"] == len(result["seeds"]) else f" ({m['n']} seeds)"
+            seeds = "" if m["n"] == len(result["seeds"]) else f" ({m['n']} seed{'s' if m['n'] > 1 else ''})"
             cells.append(f"{m['mean']:.1f} ± {m['std']:.1f} / {a['mean']:.1f}{seeds}")
         bold = "**" if name == result["baseline"] else ""
         lines.append(f"| {bold}{name}{bold} | " + " | ".join(cells) + " |")
@@ -408,11 +421,12 @@ def bench_quality(study: Study, out: Path, extra: list[str], *, quiet: bool = Fa
 
     out.mkdir(parents=True, exist_ok=True)
     cells = plan(study, out, extra)
-    work = [(cell, _pending(cell, study.seeds)) for cell in cells]
+    work = [(cell, _pending(cell, cell.seeds(study))) for cell in cells]
     failures: dict[str, str] = {}
     total = sum(len(seeds) for _, seeds in work)
+    planned = sum(len(cell.seeds(study)) for cell in cells)
     print(f"{len(cells)} configurations x datasets, {len(study.seeds)} seeds: {total} runs to do "
-          f"({len(cells) * len(study.seeds) - total} finished before) -> {out}", file=sys.stderr)
+          f"({planned - total} finished before) -> {out}", file=sys.stderr)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, disable=quiet, transient=False) as progress:
         task = progress.add_task("quality", total=total)

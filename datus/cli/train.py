@@ -71,7 +71,7 @@ def refine_from_config(cfg: DictConfig, loggers: list | None = None) -> list[dic
         make_model, make_trainer=make_trainer, train_set=train_set, val_set=val_set,
         pseudo_masks=cfg.pseudo_masks, out_dir=out_dir, k=int(cfg.k) if cfg.k else None, rounds=int(cfg.rounds),
         predict=bool(cfg.predict), ckpt_path=cfg.ckpt_path, cache=feature_cache(cfg, out_dir), crf=postprocessor(cfg),
-        settings=training_settings(cfg), overwrite=bool(cfg.get("overwrite", False)),
+        settings=training_settings(cfg), overwrite=bool(cfg.get("overwrite", False)), seed=cfg.seed,
     )
 
 

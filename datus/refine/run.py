@@ -84,6 +84,7 @@ def run_refinement(
     crf: DenseCRF | None = None,
     settings: dict[str, Any] | None = None,
     overwrite: bool = False,
+    seed: int | None = None,
 ) -> list[dict[str, Any]]:
     """Train on ``pseudo_masks`` for ``rounds`` rounds; returns one entry per round.
 
@@ -93,6 +94,9 @@ def run_refinement(
     masks of the training split in discover.py's format (through ``crf`` when given): round
     r+1 learns round r's refined masks. ``settings`` (what shapes the checkpoints besides the
     pseudo masks, which are fingerprinted here) guard ``out_dir``: see :func:`claim_training_dir`.
+    ``seed`` seeds every round (``seed + round``) once its data are ready, right before training: the
+    training never depends on whether the feature cache was filled by this run, an earlier one or a
+    concurrent one (building it draws random numbers only when it is empty).
     """
     masks = pseudo_mask_folder(pseudo_masks)
     out_dir = Path(out_dir)
@@ -105,8 +109,12 @@ def run_refinement(
     history: list[dict[str, Any]] = []
     for r in range(int(rounds)):
         round_dir = out_dir if rounds == 1 else out_dir / f"round_{r}"
+        if seed is not None:
+            pl.seed_everything(seed + r, workers=True, verbose=False)
         model = make_model(k, round_dir)
         datamodule = model.make_datamodule(train_set, masks, val_set, cache)
+        if seed is not None:  # again: the data above may have filled the cache, drawing random numbers
+            pl.seed_everything(seed + r, workers=True, verbose=False)
         validates = datamodule.val_set is not None
         trainer, best_callback, last_callback = make_trainer(round_dir, validates)
         log.info("round %d/%d: K=%d, %d training images with pseudo masks from %s", r + 1, rounds, k,
