@@ -192,6 +192,8 @@ def test_quality_command_runs_a_study_resumes_and_reports(tmp_path, two_splits):
             "kmeans_patches": ["method=kmeans_patches", "labeling.kmeans.overcluster=1"],
             "defaults": [],
             "defaults_inductive": {"inductive": "defaults"},
+            "refined": {"refine": "defaults", "overrides": ["trainer.max_epochs=1", "model.data.batch_size=2"],
+                        "seeds": [0]},
         },
     }
     path = tmp_path / "study.yaml"
@@ -206,15 +208,22 @@ def test_quality_command_runs_a_study_resumes_and_reports(tmp_path, two_splits):
     stamp = seed0.stat().st_mtime_ns
     proc = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "5 runs to do (5 finished before)" in proc.stderr  # resumed: only seed 1 ran
+    assert "5 runs to do (7 finished before)" in proc.stderr  # resumed: only seed 1 ran (refined has seed 0 only)
     assert seed0.stat().st_mtime_ns == stamp
     result = json.loads((out / "quality.json").read_text())
     runs = {(r["configuration"], r["dataset"], r["seed"]): r for r in result["runs"]}
-    assert len(runs) == 10  # 2 configurations x 2 datasets x 2 seeds + the inductive one on val x 2 seeds
-    for run in runs.values():
-        metrics = json.loads((Path(run["run"]) / "metrics.json").read_text())
-        assert run["miou"] == metrics["miou"]
     table = result["table"]
+    # 2 configurations x 2 datasets x 2 seeds, the inductive one on val x 2 seeds, refined x 2 datasets x seed 0
+    assert len(runs) == 12
+    for (config, _, _), run in runs.items():
+        if config == "refined":
+            refined = json.loads((Path(run["run"]) / "train_summary.json").read_text())["rounds"][-1]
+            assert run["miou"] == refined["refined_train_miou"]
+        else:
+            assert run["miou"] == json.loads((Path(run["run"]) / "metrics.json").read_text())["miou"]
+    trained_on = json.loads((out / "runs" / "val" / "refined" / "seed0" / "train_summary.json").read_text())
+    assert trained_on["rounds"][0]["pseudo_masks"] == str(out / "runs" / "val" / "defaults" / "seed0" / "pseudo_masks")
+    assert table["refined"]["val"]["miou"]["n"] == 1 and "(1 seed)" in (out / "quality.md").read_text()
     values = [runs[("defaults", "train", s)]["miou"] * 100 for s in (0, 1)]
     assert table["defaults"]["train"]["miou"]["mean"] == pytest.approx(np.mean(values))
     assert table["defaults"]["train"]["miou"]["std"] == pytest.approx(np.std(values, ddof=1))

@@ -245,14 +245,31 @@ def _command(study: Study, config: Configuration, dataset: Dataset, out: Path, e
                              "dataset.split= (train.py trains and scores on it)")
         source = out / "runs" / dataset.name / config.source / f"seed{seed}" / "pseudo_masks"
         data = [o for o in dataset.overrides if not o.startswith("dataset.split=")]
-        return [sys.executable, "train.py", "-m", *data, f"train_split={split}", f"val_split={split}", "predict=true",
-                f"pseudo_masks={source}", "logger=none", "trainer.enable_progress_bar=false", *sweep,
-                *config.overrides, *extra]
+        return [sys.executable, "train.py", "-m", *_settable("train", [*data, *extra]), f"train_split={split}",
+                f"val_split={split}", "predict=true", f"pseudo_masks={source}", "logger=none",
+                "trainer.enable_progress_bar=false", *sweep, *config.overrides]
     overrides = list(config.overrides)
     if config.kind == "inductive":  # the source's settings, labelled with its centroids of the fit_on split
         fitted = out / "runs" / dataset.fit_on / config.source / f"seed{seed}" / "labeling" / "centroids.npz"
         overrides = [*study.configurations[config.source].overrides, f"labeling.centroids={fitted}", *overrides]
     return [sys.executable, "discover.py", "-m", *dataset.overrides, *QUIET, *sweep, *overrides, *extra]
+
+
+def _settable(config_name: str, overrides: list[str]) -> list[str]:
+    """The ``overrides`` (the study's, meant for every run) that ``conf/<config_name>.yaml`` has a setting for:
+    ``train.py`` has no ``graph`` or ``labeling``, so a study's discovery settings are left out of its runs."""
+    from omegaconf import OmegaConf
+
+    from datus.cli.compose import compose_config
+
+    known = compose_config(config_name, [])
+    kept = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        group = key.split(".", 1)[0]
+        if OmegaConf.select(known, key, default=None) is not None or group in known or "/" in key:
+            kept.append(override)
+    return kept
 
 
 def _pending(cell: Cell, seeds: list[int]) -> list[int]:
