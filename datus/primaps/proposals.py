@@ -101,12 +101,15 @@ def proposal_map(masks: Tensor, size: tuple[int, int], image: np.ndarray | None 
 
 def majority_vote(labels: Tensor, proposals: Tensor, k: int) -> Tensor:
     """Pseudo labels: each proposal's pixels take the label most of them have in ``labels`` (ties: the
-    smallest); background (:data:`BACKGROUND`) stays background. ``labels`` and ``proposals`` are ``(H, W)``."""
-    ids = proposals.long()
+    smallest); background (:data:`BACKGROUND`) stays background. ``labels`` and ``proposals`` are ``(H, W)``.
+    (NumPy: on a CPU its bincount is an order of magnitude faster than torch's for maps this small.)"""
+    ids = proposals.cpu().numpy().astype(np.int64)
+    votes_of = labels.cpu().numpy().astype(np.int64)
     inside = ids != BACKGROUND
     if not inside.any():
-        return torch.full_like(ids, BACKGROUND)
+        return torch.full(ids.shape, BACKGROUND, dtype=torch.long, device=labels.device)
     count = int(ids[inside].max()) + 1
-    votes = torch.bincount(ids[inside] * k + labels[inside].long(), minlength=count * k).reshape(count, k)
-    winner = votes.argmax(dim=1)  # first maximum: the smallest label on ties
-    return torch.where(inside, winner[ids.clamp(max=count - 1)], torch.full_like(ids, BACKGROUND))
+    votes = np.bincount(ids[inside] * k + votes_of[inside], minlength=count * k).reshape(count, k)
+    winner = votes.argmax(axis=1)  # first maximum: the smallest label on ties
+    voted = np.where(inside, winner[np.minimum(ids, count - 1)], BACKGROUND)
+    return torch.from_numpy(voted).to(labels.device)

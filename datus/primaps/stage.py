@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 #: Version of the proposals' and the EM's computation, part of their cache keys.
 PROPOSALS_VERSION = 1
-EM_VERSION = 1
+EM_VERSION = 2
 
 
 class PriMaPs:
@@ -208,4 +208,4 @@ class ProposalPairs(torch.utils.data.Dataset):
         i = self.indices[position]
         record = self.proposals[i]
         labels = np.asarray(record.rows, dtype=np.float32).reshape(record.meta[0], record.meta[1]).astype(np.uint8)
-        return torch.from_numpy(np.asarray(self.index[i], dtype=np.float32)), torch.from_numpy(labels)
+        return torch.from_numpy(np.ascontiguousarray(self.index[i], dtype=np.float32)), torch.from_numpy(labels)
