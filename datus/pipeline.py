@@ -19,13 +19,13 @@ import pytorch_lightning as pl
 from datus.backbones import Backbone
 from datus.data import SegmentationDataset
 from datus.evaluation import evaluate_masks, format_table, write_report
+from datus.features import FeatureCache
 from datus.io import remove_stale_temporaries, write_json
 from datus.labeling import Labeler
 from datus.labeling.inductive import feature_settings
 from datus.methods import STAGES, Job, Method
 from datus.postprocess import DenseCRF
 from datus.projection import Projection
-from datus.refine.features import FeatureCache
 from datus.runs import cache_entry, check_settings, global_rank, shard_range
 from datus.shards import PredictLoop, dataset_manifest
 
@@ -46,8 +46,7 @@ class StageClock:
 
 
 #: What a run writes into its output dir (removed when overwrite=true replaces another run).
-RUN_OUTPUTS = ("pseudo_masks", "pseudo_masks_color", "labeling", "pictures", "segments", "patch_tokens",
-               "patch_keys", "metrics.json", "summary.json", "confusion_matrix.png", "samples.png", "legend.png")
+RUN_OUTPUTS = ("pseudo_masks", "pseudo_masks_color", "labeling", "pictures", "segments", "features", "metrics.json", "summary.json", "confusion_matrix.png", "samples.png", "legend.png")
 
 
 def _claim_output_dir(out_dir: Path, run_settings: dict[str, Any], overwrite: bool) -> None:
@@ -128,13 +127,16 @@ def run_pipeline(
     _claim_output_dir(out_dir, run_settings if run_settings is not None else settings, overwrite)
     remove_stale_temporaries(out_dir)  # left by a killed run (SIGKILL cannot be caught)
     feature_cache = FeatureCache(cache_dir, out_dir, make_trainer, batch_size=batch_size, num_workers=num_workers)
+    backbone_settings = settings.get("backbone")
+    if not isinstance(backbone_settings, dict):
+        backbone_settings = {"name": None if backbone is None else backbone.name}
     if projection is not None:
-        backbone = projection.attach(
-            backbone, dataset, backbone_settings=settings.get("backbone", {"name": backbone.name}),
-            resize=dataset.transform, cache=feature_cache)
+        backbone = projection.attach(backbone, dataset, backbone_settings=backbone_settings, resize=dataset.transform,
+                                     cache=feature_cache)
         # the codes are the head's: segments and features cached from another head must not be reused
         settings = {**settings, "head_file": projection.report["digest"]}
         features["head"] = projection.report["digest"]
+        backbone_settings = {**backbone_settings, "head_file": projection.report["digest"]}
         labeler.check_centroids(features)
     cache_root = Path(cache_dir).expanduser() if cache_dir else out_dir
     clock = StageClock()
@@ -149,7 +151,8 @@ def run_pipeline(
               indices=indices, settings=key, num_pictures=num_pictures, overwrite=overwrite, rank=global_rank(),
               shard=(shard_index, shard_count), manifest=dataset_manifest(dataset), feature_settings=features,
               fit_on={"dataset": getattr(dataset, "name", None), "root": str(getattr(dataset, "root", "")),
-                      "split": getattr(dataset, "split", None)}, feature_cache=feature_cache)
+                      "split": getattr(dataset, "split", None)}, feature_cache=feature_cache,
+              backbone_settings=backbone_settings)
     summary = method.compute(job)
     clock.lap("backbone_passes")
     if global_rank() != 0:

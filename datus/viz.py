@@ -68,7 +68,7 @@ def _with_head(cfg, backbone, dataset, out):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from datus.refine.features import FeatureCache
+    from datus.features import FeatureCache
 
     if cfg.get("head") is None:
         raise ValueError("python -m datus.viz head needs head=stego (and the settings of the run to show)")

@@ -17,10 +17,12 @@ PACKAGE = PROJECT_ROOT / "datus"
 FLOORS: list[tuple[str, list[str]]] = [
     ("ground", ["datus.io", "datus.masks", "datus.metrics", "datus.shards", "datus.backbones", "datus.data",
                 "datus.transforms", "datus.postprocess", "datus.figures", "datus.runs"]),
+    # what every trained stage shares: frozen features and their cache, resumable training, trained files
+    ("shared", ["datus.features", "datus.training"]),
     ("discovery", ["datus.discovery"]),
     ("labeling", ["datus.labeling"]),
-    ("methods", ["datus.methods", "datus.refine", "datus.projection", "datus.wnet", "datus.openvocab", "datus.evaluation",
-                 "datus.foreground"]),
+    ("methods", ["datus.methods", "datus.refine", "datus.projection", "datus.wnet", "datus.openvocab", "datus.primaps",
+                 "datus.evaluation", "datus.foreground"]),
     ("pipeline", ["datus.pipeline", "datus.report"]),
     # the command-line layer and the module commands (python -m datus.viz | datus.bench)
     ("cli", ["datus.cli", "datus.viz", "datus.bench", "datus.attention"]),
@@ -74,6 +76,16 @@ def test_no_module_imports_a_higher_floor():
     assert not violations, "\n".join(violations)
 
 
+def test_the_shared_floor_imports_only_the_ground_floor():
+    """What every trained stage shares (features, training) stands on the ground floor alone: a method, the
+    refinement or the pipeline can use it, and it never reaches back into them."""
+    shared = _floor("datus.features")
+    assert _floor("datus.training") == shared and FLOORS[shared][0] == "shared"
+    for path in sorted(PACKAGE.glob("*.py")):
+        if _module_name(path) in ("datus.features", "datus.training"):
+            assert all(_floor(m) < shared for _, m in _imports(path)), path.name
+
+
 def test_the_rule_catches_an_upward_import(tmp_path):
     """The checker itself: a discovery module importing the pipeline is reported."""
     bad = tmp_path / "bad.py"
@@ -84,7 +96,8 @@ def test_the_rule_catches_an_upward_import(tmp_path):
 
 
 @pytest.mark.parametrize("module", ["datus", "datus.discovery", "datus.labeling", "datus.refine", "datus.pipeline",
-                                    "datus.methods", "datus.masks", "datus.shards"])
+                                    "datus.methods", "datus.masks", "datus.shards", "datus.features", "datus.training",
+                                    "datus.primaps"])
 def test_the_library_imports_without_hydra(module):
     """``datus`` below the command-line layer is importable where Hydra is not installed (OmegaConf
     may be: Lightning imports it)."""

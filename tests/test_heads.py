@@ -18,7 +18,8 @@ from PIL import Image
 
 from datus.backbones import build_backbone
 from datus.data import DemoImages
-from datus.refine import FeatureSpec, build_head, list_heads, load_refiner
+from datus.features import FeatureSpec
+from datus.refine import build_head, list_heads, load_refiner
 from datus.refine.data import PseudoMaskError
 from tests.conftest import PROJECT_ROOT, compose_config, perturbed_tiny_vit
 
@@ -116,8 +117,7 @@ def test_the_feature_cache_is_reused_and_invalidated_by_a_settings_change(photos
 
 def test_cached_maps_equal_the_backbone_features(photos, tmp_path):
     from datus.data import ImageFolder
-    from datus.refine import FeatureCache
-    from datus.refine.features import feature_maps
+    from datus.features import FeatureCache, feature_maps
     from datus.transforms import ResizeForBackbone
 
     torch.manual_seed(0)

@@ -120,7 +120,7 @@ def test_a_k_sweep_reuses_the_cached_backbone_pass(tmp_path):
     # the patch-feature cache of the baseline likewise
     _pipeline(tmp_path / "p3", k=3, method="kmeans_patches", cache_dir=cache, settings=settings)
     again = _pipeline(tmp_path / "p5", k=5, method="kmeans_patches", cache_dir=cache, settings=settings)
-    assert again["patch_tokens_computed_this_run"] == 0
+    assert again["patch_features_computed_this_run"] == 0
     # other graph settings: a new cache entry, computed afresh
     other = _pipeline(tmp_path / "g", k=3, cache_dir=cache, settings={**settings, "graph": "knn5"})
     assert other["computed_this_run"] == 5 and other["cache_entry"] != first["cache_entry"]

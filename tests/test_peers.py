@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from datus.backbones import build_backbone
 from datus.cli.errors import user_error
+from datus.features import FeatureSpec, feature_maps
 from datus.masks import read_mask
 from datus.primaps import (
     BACKGROUND,
@@ -27,7 +28,6 @@ from datus.primaps import (
     median_filter,
     principal_masks,
 )
-from datus.refine.features import FeatureSpec, feature_maps
 from datus.transforms import ResizeForBackbone
 from tests.conftest import PROJECT_ROOT, run_discover
 from tests.test_quality import _labelled_folder

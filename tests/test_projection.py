@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 
 from datus.backbones import ProjectedBackbone, ProjectionHead, build_backbone, list_backbones
 from datus.data import DemoImages
+from datus.features import FeatureCache, FeatureSpec
 from datus.projection import (
     CorrelationLoss,
     HeadFileError,
@@ -23,7 +24,6 @@ from datus.projection import (
     save_head,
     split_mean,
 )
-from datus.refine.features import FeatureCache, FeatureSpec
 from datus.transforms import ResizeForBackbone
 from tests.conftest import compose_config
 

@@ -20,7 +20,6 @@ from datus.discovery import SegmentStore
 from datus.evaluation import evaluate_masks
 from datus.labeling import KMeans
 from datus.masks import patch_labels, read_mask, upsample_labels
-from datus.shards import ArrayStore
 from tests.conftest import PROJECT_ROOT, run_discover
 
 #: real SUIM pairs: two whose mask is 590x430 for a 590x375 photo (as released), two that fit
@@ -134,8 +133,9 @@ def test_centroids_of_another_run_label_a_split_as_the_saved_centroids_do(tmp_pa
             assert np.array_equal(mask, upsample_labels(patch_labels(record.decomposition.segments, expected),
                                                          record.orig_size))
     else:
-        store = Path(summary["patch_features_dir"])
-        for record in ArrayStore(store).read().values():
+        from datus.features import FeatureStore
+
+        for record in FeatureStore(Path(summary["patch_features_dir"])).open().records().values():
             expected = kmeans.predict(record.rows.astype(np.float32)).reshape(record.meta[:2]).astype(np.uint8)
             mask = read_mask(tmp_path / "val" / "pseudo_masks" / f"{record.stem}.png")
             assert np.array_equal(mask, upsample_labels(expected, tuple(record.meta[2:4])))

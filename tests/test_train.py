@@ -183,7 +183,7 @@ def test_evaluate_a_refined_checkpoint(photos, tmp_path):
 def test_a_checkpoint_is_replaced_atomically_or_not_at_all(tmp_path):
     """A save that fails halfway (here: an unpicklable entry after the weights) keeps the previous
     checkpoint intact and leaves no temporary file, in the checkpoint's folder or elsewhere."""
-    from datus.refine.checkpoint_io import AtomicCheckpointIO
+    from datus.training import AtomicCheckpointIO
 
     io = AtomicCheckpointIO()
     path = tmp_path / "checkpoints" / "last.ckpt"

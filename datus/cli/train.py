@@ -9,12 +9,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from datus.cli.hydra import instantiate_loggers, seed_everything
-from datus.refine import FeatureCache
-from datus.refine.callbacks import RandomStateCheckpoint
-from datus.refine.checkpoint_io import AtomicCheckpointIO
+from datus.features import FeatureCache
 from datus.refine.data import pseudo_mask_folder
 from datus.refine.run import run_refinement
 from datus.runs import resolve_files
+from datus.training import AtomicCheckpointIO, RandomStateCheckpoint
 
 log = logging.getLogger(__name__)
 

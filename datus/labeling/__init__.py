@@ -1,6 +1,6 @@
 """Pseudo-labelling (DatUS² steps 4-6): segment features, k-means, initial pseudo masks."""
 
-from datus.labeling.embed import PatchTokens, SegmentEmbedder, segment_crops
+from datus.labeling.embed import SegmentEmbedder, segment_crops
 from datus.labeling.kmeans import KMeans
 from datus.labeling.labeler import Labeler
 from datus.labeling.run import label_patches, run_labeling
@@ -8,7 +8,6 @@ from datus.labeling.run import label_patches, run_labeling
 __all__ = [
     "KMeans",
     "Labeler",
-    "PatchTokens",
     "SegmentEmbedder",
     "label_patches",
     "run_labeling",

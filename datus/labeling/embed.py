@@ -88,20 +88,3 @@ class SegmentEmbedder(pl.LightningModule):
             start += len(ids)
             out.append((int(item["index"]), item["stem"], full, ()))
         return out
-
-
-class PatchTokens(pl.LightningModule):
-    """L2-normalised per-patch features of each image (for the k-means-on-patches baseline)."""
-
-    def __init__(self, backbone: Backbone, feature: str = "tokens") -> None:
-        super().__init__()
-        self.backbone, self.feature = backbone, feature
-
-    def predict_step(self, batch: dict, batch_idx: int) -> list[tuple[int, str, np.ndarray, tuple[int, ...]]]:
-        out = []
-        for item in batch["items"]:
-            result = self.backbone(self.backbone.normalize(item["image"][None].to(self.device)))
-            x = F.normalize(result.features(self.feature)[0].float(), dim=1).cpu().numpy()
-            orig = item.get("orig_size", tuple(item["image"].shape[-2:]))
-            out.append((int(item["index"]), item["stem"], x, (*result.grid, *orig)))
-        return out

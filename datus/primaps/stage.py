@@ -1,7 +1,7 @@
 """PriMaPs-EM as a cached, resumable stage: features, proposals, k-means start, EM, teacher logits.
 
 Everything is keyed by what produces it and kept in the cache: the frozen feature maps (the
-shared :class:`~datus.refine.features.FeatureCache`), the proposals (``primaps_proposals/<hash>``:
+shared :class:`~datus.features.FeatureCache`), the proposals (``primaps_proposals/<hash>``:
 backbone, resize, features, split files, proposal settings) and the fitted prototypes
 (``primaps/<hash>``: the proposals' key plus K, the k-means seed and the EM settings), whose
 training checkpoints every ``checkpoint_every`` steps with its random state, so a killed fit
@@ -22,17 +22,18 @@ import pytorch_lightning as pl
 import torch
 
 from datus.backbones import Backbone
-from datus.io import atomic_write, file_digest
+from datus.features import FeatureCache, FeatureIndex, FeatureSpec, dataset_identity
+from datus.io import file_digest
 from datus.primaps.em import PriMaPsModule, Prototypes, check_decay
 from datus.primaps.proposals import check_threshold, median_filter, principal_masks, proposal_map
-from datus.refine.features import FeatureCache, FeatureIndex, FeatureSpec, dataset_identity
 from datus.shards import ArrayStore
+from datus.training import load_artefact, save_artefact
 
 log = logging.getLogger(__name__)
 
 #: Version of the proposals' and the EM's computation, part of their cache keys.
 PROPOSALS_VERSION = 1
-EM_VERSION = 2
+EM_VERSION = 3
 
 
 class PriMaPs:
@@ -107,13 +108,13 @@ class PriMaPs:
         path = folder / "primaps.pt"
         trained = make_once(path, {**base, "em": self.em_settings(k, seed)}, "the PriMaPs-EM prototypes",
                             lambda: self._fit(index, store, folder, path, k=k, seed=seed))
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        teacher = Prototypes(torch.zeros(k, payload["dim"]))
-        teacher.load_state_dict(payload["teacher"])
+        state, meta = load_artefact(path, "PriMaPs-EM prototypes", (EM_VERSION,), "the cached PriMaPs-EM prototypes")
+        teacher = Prototypes(torch.zeros(k, meta["dim"]))
+        teacher.load_state_dict(state)
         self.report = {"path": str(path), "digest": file_digest(path), "trained_this_run": trained,
-                       "em_seconds": payload["seconds"], "proposals_computed_this_run": made,
+                       "em_seconds": meta["seconds"], "proposals_computed_this_run": made,
                        "proposal_seconds": round(proposal_seconds, 1), "proposals_per_image": float(np.mean(counts)),
-                       "steps": self.steps, "final_loss": payload.get("final_loss")}
+                       "steps": self.steps, "final_loss": meta.get("final_loss")}
         return index, teacher.eval()
 
     def _proposals(self, dataset, index: FeatureIndex, store: ArrayStore) -> int:
@@ -149,7 +150,7 @@ class PriMaPs:
     def _fit(self, index: FeatureIndex, store: ArrayStore, folder: Path, path: Path, *, k: int, seed: int) -> None:
         from torch.utils.data import DataLoader
 
-        from datus.refine.callbacks import folder_trainer
+        from datus.training import folder_trainer
 
         start = time.monotonic()
         centroids = self.kmeans_start(index, k=k, seed=seed)
@@ -168,9 +169,9 @@ class PriMaPs:
                      k, folder)
             trainer.fit(module, loader, ckpt_path=resume)
             final_loss = float(trainer.callback_metrics.get("train/loss", torch.tensor(float("nan"))))
-        payload = {"teacher": module.teacher.state_dict(), "dim": int(centroids.shape[1]), "k": int(k),
-                   "seconds": time.monotonic() - start, "final_loss": final_loss}
-        atomic_write(path, lambda f: torch.save(payload, f))
+        save_artefact(path, "PriMaPs-EM prototypes", EM_VERSION, module.teacher.state_dict(),
+                      {"dim": int(centroids.shape[1]), "k": int(k), "seconds": time.monotonic() - start,
+                       "final_loss": final_loss})
 
     def kmeans_start(self, index: FeatureIndex, *, k: int, seed: int) -> np.ndarray:
         """``(K, D)`` spherical k-means centroids of a seeded sample of ``init_points`` patch features."""

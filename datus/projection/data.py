@@ -1,7 +1,7 @@
 """What the projection head trains on: sampled patches of an image and of one of its nearest neighbours.
 
 Everything reads the cached frozen feature maps one image at a time (a memory-mapped
-:class:`datus.refine.features.FeatureIndex`), so memory does not grow with the split.
+:class:`datus.features.FeatureIndex`), so memory does not grow with the split.
 """
 
 from __future__ import annotations

@@ -18,15 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 
 from datus.backbones import Backbone
 from datus.backbones.projected import ProjectedBackbone, ProjectionHead
-from datus.io import atomic_write, file_digest
+from datus.features import FeatureCache, FeatureSpec, dataset_identity
+from datus.io import file_digest
 from datus.projection.data import PairedPatches, nearest_images, split_mean
 from datus.projection.loss import CorrelationLoss
 from datus.projection.module import ProjectionModule
-from datus.refine.features import FeatureCache, FeatureSpec, dataset_identity
+from datus.training import ArtefactError, load_artefact, save_artefact
 
 log = logging.getLogger(__name__)
 
@@ -39,30 +39,25 @@ HEAD_FORMAT = 1
 TRAINING_VERSION = 2
 
 
-class HeadFileError(ValueError):
+class HeadFileError(ArtefactError):
     """A head file cannot be used: unreadable, or made for another backbone or feature width."""
 
 
 def save_head(path: str | Path, head: ProjectionHead, meta: dict[str, Any]) -> Path:
     """``head.pt``: the state dict and what it was trained on (tensors and plain values: no pickled objects)."""
-    payload = {"format": HEAD_FORMAT, "state_dict": head.state_dict(),
-               "meta": {**meta, "in_dim": head.in_dim, "out_dim": head.out_dim,
-                        "hidden_dim": head.mlp[0].out_features}}
-    return atomic_write(Path(path), lambda f: torch.save(payload, f))
+    return save_artefact(path, "projection head", HEAD_FORMAT, head.state_dict(),
+                         {**meta, "in_dim": head.in_dim, "out_dim": head.out_dim, "hidden_dim": head.mlp[0].out_features})
 
 
 def load_head(path: str | Path, *, backbone: str | None = None, in_dim: int | None = None,
               setting: str = "head.checkpoint") -> tuple[ProjectionHead, dict[str, Any]]:
     """A saved head and its meta, checked against the ``backbone`` name and input width it must serve."""
     path = Path(path)
+    state, meta = load_artefact(path, "projection head", (HEAD_FORMAT,), setting, HeadFileError)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        meta = payload["meta"]
         head = ProjectionHead(in_dim=int(meta["in_dim"]), out_dim=int(meta["out_dim"]),
                               hidden_dim=int(meta["hidden_dim"]))
-        head.load_state_dict(payload["state_dict"])
-    except FileNotFoundError:
-        raise HeadFileError(f"{setting}={path}: no such file") from None
+        head.load_state_dict(state)
     except Exception as err:  # noqa: BLE001 - any unreadable file is named the same way
         raise HeadFileError(f"{setting}={path}: not a projection head file ({type(err).__name__}: {err})") from err
     if backbone is not None and meta.get("backbone") != backbone:
@@ -168,7 +163,7 @@ class Projection:
                cache: FeatureCache) -> ProjectionHead:
         from torch.utils.data import DataLoader
 
-        from datus.refine.callbacks import folder_trainer
+        from datus.training import folder_trainer
 
         index = cache.index(dataset, backbone=lambda: backbone, backbone_settings=backbone_settings, resize=resize,
                             spec=self.features)

@@ -4,9 +4,7 @@ Heads on the frozen backbone's cached features (:class:`HeadModule`, the default
 trained on the images (:class:`RefineModule`, for GPUs).
 """
 
-from datus.refine.callbacks import RandomStateCheckpoint
 from datus.refine.data import PairedMasks, PseudoMaskDataModule, PseudoMaskError
-from datus.refine.features import FeatureCache, FeatureSpec, FeatureStore
 from datus.refine.head_module import HeadModule
 from datus.refine.heads import HeadError, build_head, list_heads, register_head
 from datus.refine.load import load_refiner
@@ -16,15 +14,11 @@ from datus.refine.predict import predict_split, write_predictions
 from datus.refine.run import run_refinement
 
 __all__ = [
-    "FeatureCache",
-    "FeatureSpec",
-    "FeatureStore",
     "HeadError",
     "HeadModule",
     "PairedMasks",
     "PseudoMaskDataModule",
     "PseudoMaskError",
-    "RandomStateCheckpoint",
     "RefineModule",
     "build_head",
     "build_segmenter",

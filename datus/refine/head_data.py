@@ -16,8 +16,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from datus.features import FeatureIndex
 from datus.refine.data import validation_sampler
-from datus.refine.features import FeatureIndex
 
 
 def pixel_span(start: int, stop: int, cells: int, pixels: int) -> tuple[int, int]:

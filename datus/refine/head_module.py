@@ -22,11 +22,11 @@ import torch
 from torch import Tensor
 
 from datus.backbones import Backbone, build_backbone, get_backbone_spec
+from datus.features import FeatureCache, FeatureIndex, FeatureSpec, feature_maps, warn_without_maps
 from datus.io import plain
 from datus.masks import UNLABELLED, read_mask
 from datus.metrics import ClusterConfusion, check_matching
 from datus.postprocess import upsample_scores
-from datus.refine.features import FeatureCache, FeatureIndex, FeatureSpec, feature_maps, warn_without_maps
 from datus.refine.head_data import FeatureMaskDataModule, FeatureMasks
 from datus.refine.heads import AlignBlock, build_head
 from datus.refine.optim import configure_optimizers, finish_validation
@@ -37,7 +37,7 @@ class HeadModule(pl.LightningModule):
 
     ``backbone`` are :func:`datus.backbones.build_backbone`'s keywords, ``resize`` those of
     :class:`datus.transforms.ResizeForBackbone` (without ``patch_size``), ``features`` those of
-    :class:`datus.refine.features.FeatureSpec`. ``contrastive`` weighs the supervised contrastive
+    :class:`datus.features.FeatureSpec`. ``contrastive`` weighs the supervised contrastive
     loss (``align_block`` only) over ``contrastive_patches`` sampled patches per batch.
     """
 

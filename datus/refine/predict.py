@@ -11,10 +11,10 @@ import torch
 from rich.progress import track
 
 from datus.data import SegmentationDataset
+from datus.features import warn_without_maps
 from datus.masks import UNLABELLED, save_masks
 from datus.metrics import ClusterConfusion
 from datus.postprocess import DenseCRF, labels_from_scores
-from datus.refine.features import warn_without_maps
 
 
 @torch.no_grad()

@@ -17,10 +17,10 @@ import numpy as np
 import pytorch_lightning as pl
 
 from datus.data import SegmentationDataset
+from datus.features import FeatureCache
 from datus.io import remove_stale_temporaries, write_json
 from datus.postprocess import DenseCRF
 from datus.refine.data import check_pseudo_masks, pseudo_mask_folder
-from datus.refine.features import FeatureCache
 from datus.refine.load import load_refiner
 from datus.refine.predict import predict_split
 from datus.runs import check_settings, files_fingerprint

@@ -20,10 +20,11 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from datus.features import dataset_identity
 from datus.io import atomic_write
 from datus.masks import check_k
-from datus.refine.features import dataset_identity
 from datus.runs import cache_entry, make_once
+from datus.training import ArtefactError, load_artefact, save_artefact
 from datus.wnet.data import ImageBank
 from datus.wnet.model import WNet
 from datus.wnet.module import WNetModule
@@ -39,26 +40,22 @@ WNET_FORMAT = 1
 TRAINING_VERSION = 1
 
 
-class WNetFileError(ValueError):
+class WNetFileError(ArtefactError):
     """A W-Net file cannot be used: unreadable, or made for another K."""
 
 
 def save_wnet(path: Path, model: WNet, meta: dict[str, Any]) -> Path:
-    payload = {"format": WNET_FORMAT, "state_dict": model.state_dict(),
-               "meta": {**meta, "k": model.k, "widths": model.widths, "dropout": model.dropout}}
-    return atomic_write(path, lambda f: torch.save(payload, f))
+    return save_artefact(path, "W-Net", WNET_FORMAT, model.state_dict(),
+                         {**meta, "k": model.k, "widths": model.widths, "dropout": model.dropout})
 
 
 def load_wnet(path: str | Path, *, k: int | None = None, setting: str = "wnet.checkpoint") -> tuple[WNet, dict]:
     """A saved W-Net (eval mode) and its meta, checked against the ``k`` it must predict."""
     path = Path(path)
+    state, meta = load_artefact(path, "W-Net", (WNET_FORMAT,), setting, WNetFileError)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        meta = payload["meta"]
         model = WNet(k=int(meta["k"]), widths=meta["widths"], dropout=float(meta["dropout"]))
-        model.load_state_dict(payload["state_dict"])
-    except FileNotFoundError:
-        raise WNetFileError(f"{setting}={path}: no such file") from None
+        model.load_state_dict(state)
     except Exception as err:  # noqa: BLE001 - any unreadable file is named the same way
         raise WNetFileError(f"{setting}={path}: not a W-Net file ({type(err).__name__}: {err})") from err
     if k is not None and model.k != int(k):
@@ -211,7 +208,7 @@ class WNetTraining:
     def _train(self, bank: ImageBank, folder: Path, k: int) -> WNetModule:
         from torch.utils.data import DataLoader
 
-        from datus.refine.callbacks import folder_trainer
+        from datus.training import folder_trainer
         from datus.wnet.callbacks import WNetPictures
 
         if len(bank) < 2:

@@ -1,4 +1,11 @@
-"""Exact resume: the random state travels with the checkpoint."""
+"""What every trained stage shares: resumable training in one folder, atomic checkpoints, trained files.
+
+The feature head, W-Net, PriMaPs-EM and the refinement heads all train the same way: a
+Lightning trainer whose checkpoints carry the random state (a killed training resumes to the
+same weights, :class:`RandomStateCheckpoint`), written atomically beside their final name
+(:class:`AtomicCheckpointIO`), and a trained file saved with its format version and what it was
+trained on (:func:`save_artefact`, :func:`load_artefact`).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +18,61 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from datus.io import atomic_write
 
 log = logging.getLogger("datus")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """:class:`TorchCheckpointIO` whose local saves are atomic renames; remote URLs go to Lightning.
+
+    Lightning's own save writes to the system temp folder and *moves* the file, which becomes a
+    copy (not atomic) when the temp folder is on another file system, as it usually is on a
+    cluster (node-local ``/tmp``, checkpoints on shared storage); a SIGKILL during that copy leaves
+    a truncated ``last.ckpt`` and the temporary file behind. Here the temporary file sits in the
+    checkpoint's folder, named after its writer, so the rename is atomic and the next run removes
+    a killed writer's leftover (:func:`datus.io.remove_stale_temporaries`).
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        atomic_write(Path(path), lambda f: torch.save(checkpoint, f))
+
+
+class ArtefactError(ValueError):
+    """A trained file cannot be used: missing, unreadable, of another kind or of an unknown format version."""
+
+
+def save_artefact(path: str | Path, kind: str, version: int, state_dict: dict[str, Any],
+                  meta: dict[str, Any]) -> Path:
+    """A trained file: ``state_dict`` and ``meta`` (plain values: loads with ``weights_only=True``), with its
+    ``kind`` and format ``version``, written atomically."""
+    payload = {"kind": kind, "format": int(version), "state_dict": state_dict, "meta": meta}
+    return atomic_write(Path(path), lambda f: torch.save(payload, f))
+
+
+def load_artefact(path: str | Path, kind: str, versions: Sequence[int], setting: str,
+                  error: type[ArtefactError] = ArtefactError) -> tuple[dict, dict]:
+    """``(state_dict, meta)`` of a :func:`save_artefact` file of this ``kind`` and one of ``versions`` (files
+    written before kinds were recorded pass as this kind); anything else is an ``error`` naming ``setting``
+    (the option that named the file)."""
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise error(f"{setting}={path}: no such file") from None
+    except Exception as err:  # noqa: BLE001 - any unreadable file is named the same way
+        raise error(f"{setting}={path}: not a {kind} file ({type(err).__name__}: {err})") from err
+    found = payload.get("kind", kind) if isinstance(payload, dict) else None
+    if found != kind or "state_dict" not in payload or "meta" not in payload:
+        raise error(f"{setting}={path}: not a {kind} file (it holds {found or 'something else'})")
+    if payload.get("format") not in versions:
+        raise error(f"{setting}={path}: a {kind} file of format {payload.get('format')}, this datus reads "
+                    f"{', '.join(map(str, versions))}: train it again")
+    return payload["state_dict"], payload["meta"]
 
 
 def capture_random_state() -> dict[str, Any]:
@@ -99,8 +159,6 @@ def folder_trainer(folder: Path, *, accelerator: str, checkpoint_every: dict[str
     """
     from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger
-
-    from datus.refine.checkpoint_io import AtomicCheckpointIO
 
     folder = Path(folder)
     last = folder / "checkpoints" / "last.ckpt"

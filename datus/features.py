@@ -1,11 +1,12 @@
-"""Frozen-backbone patch features for the refinement heads, computed once per image and cached.
+"""Frozen-backbone patch features of a split, computed once per image and cached: what every stage
+that reads a frozen backbone more than once shares (the patch baseline and STEGO's probe, the
+feature head, PriMaPs-EM, the refinement heads).
 
-The backbone is frozen, so a head never needs it during training: every image's feature map
-is computed once (:class:`FeatureExtractor`, a Lightning predict loop that resumes like
-discovery) and kept in a :class:`FeatureStore`, whose shards are plain ``.npy`` files that
-are memory-mapped when read. Training then reads one image's map at a time in random order,
-so memory does not grow with the split; flips and crops act on the cached maps and the masks
-together.
+The backbone is frozen, so nothing needs it twice: every image's feature map is computed once
+(:class:`FeatureExtractor`, a Lightning predict loop that resumes like discovery) and kept in a
+:class:`FeatureStore`, whose shards are plain ``.npy`` files that are memory-mapped when read.
+Training then reads one image's map at a time in random order, so memory does not grow with the
+split; flips and crops act on the cached maps and the masks together.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import Tensor
 
 from datus.backbones import PATCH_FEATURES, Backbone
 from datus.io import atomic_write, write_npz
-from datus.shards import ArrayStore
+from datus.shards import ArrayRecord, ArrayStore
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ class FeatureSpec:
 
     names: tuple[str, ...] = ("keys",)
     blocks: tuple[int, ...] = ()
+    #: each patch's features L2-normalised (each name and block on its own) before they are stored
+    normalized: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "names", tuple(str(n) for n in self.names))
@@ -54,7 +57,7 @@ class FeatureSpec:
         return backbone.embed_dim * (len(self.names) + len(self.blocks))
 
     def as_dict(self) -> dict[str, list]:
-        return {"names": list(self.names), "blocks": list(self.blocks)}
+        return {"names": list(self.names), "blocks": list(self.blocks), **({"normalized": True} if self.normalized else {})}
 
 
 @torch.no_grad()
@@ -63,6 +66,8 @@ def feature_maps(backbone: Backbone, images: Tensor, spec: FeatureSpec) -> Tenso
     out = backbone(backbone.normalize(images), blocks=backbone.block_indices(spec.blocks))
     parts = [out.features(name) for name in spec.names]
     parts += [out.hidden[i] for i in backbone.block_indices(spec.blocks)]
+    if spec.normalized:
+        parts = [torch.nn.functional.normalize(p.float(), dim=-1) for p in parts]
     x = torch.cat(parts, dim=-1).float()  # (B, h*w, D)
     h, w = out.grid
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)
@@ -100,6 +105,9 @@ class FeatureIndex:
     """``index[i]`` -> image ``i``'s ``(D, h, w)`` float16 map (a view of a memory-mapped shard)."""
 
     def __init__(self, store: FeatureStore) -> None:
+        self.folder = store.folder
+        #: how many maps the :class:`FeatureCache` call that opened this index computed (0: all were cached)
+        self.computed_this_run = 0
         self.entries: dict[int, tuple[Path, int, int, tuple[int, int], tuple[int, int], str]] = {}
         for shard in store.shards():
             with np.load(shard, allow_pickle=False) as z:
@@ -124,6 +132,18 @@ class FeatureIndex:
 
     def stem(self, index: int) -> str:
         return self.entries[index][5]
+
+    def record(self, index: int) -> ArrayRecord:
+        """Image ``index``'s ``(h*w, D)`` float16 rows as an :class:`~datus.shards.ArrayRecord` (meta: grid, size)."""
+        path, start, stop, grid, size, stem = self.entries[index]
+        rows = self._maps.get(path)
+        if rows is None:
+            rows = self._maps[path] = np.load(path, mmap_mode="r", allow_pickle=False)
+        return ArrayRecord(index, stem, rows[start:stop], (*grid, *size))
+
+    def records(self) -> dict[int, ArrayRecord]:
+        """Every image's :meth:`record` (memory-mapped views: nothing is read until used)."""
+        return {i: self.record(i) for i in sorted(self.entries)}
 
     def __getitem__(self, index: int) -> np.ndarray:
         path, start, stop, (h, w), _, _ = self.entries[index]
@@ -212,6 +232,7 @@ class FeatureCache:
         folder = self.folder(settings)
         remove_stale_temporaries(folder)
         store = FeatureStore(folder)
+        computed = 0
         if len(store.done_indices()) < len(dataset):
             resized = copy.copy(dataset)
             resized.transform = resize
@@ -224,4 +245,6 @@ class FeatureCache:
                                                min_size=model.patch_size, batch_size=self.batch_size,
                                                num_workers=self.num_workers, shard_size=self.shard_size))
             log.info("feature maps of %d images computed into %s", computed, folder)
-        return store.open()
+        index = store.open()
+        index.computed_this_run = computed
+        return index
