@@ -100,7 +100,7 @@ def run_pipeline(
     (``stage=segments``); ``stage=labels`` then clusters the whole split. Under DDP every rank
     runs the backbone passes and returns ``{}``; rank 0 clusters, writes and evaluates.
     ``postprocess`` (the dense CRF) makes each mask from the per-patch cluster scores and the
-    image instead of one label per patch. ``projection`` (``head=stego``) first trains a feature
+    image instead of one label per patch. ``projection`` (``feature_head=stego``) first trains a feature
     head on the split's frozen features (or reuses the cached one): the backbone's outputs then
     carry its ``codes``. ``backbone`` is None for a method that reads pixels only (``method=wnet``);
     :meth:`Method.prepare` first trains what the method learns from the split (a W-Net), kept in

@@ -73,8 +73,8 @@ def cache_settings(container: dict[str, Any]) -> dict[str, Any]:
     settings["dataset"] = {k: v for k, v in settings["dataset"].items() if k != "mask_size_mismatch"}
     if isinstance(settings.get("graph"), dict) and not settings["graph"].get("segment_blocks", True):
         settings["graph"] = {k: v for k, v in settings["graph"].items() if k != "segment_blocks"}
-    if container.get("head") is not None:  # head=none keeps the keys of runs made before heads existed
-        settings["head"] = container["head"]
+    if container.get("feature_head") is not None:  # none keeps the keys of runs made before heads existed
+        settings["head"] = container["feature_head"]  # the key's name from before the group was renamed
     return settings
 
 
@@ -82,8 +82,8 @@ def run_settings(container: dict[str, Any]) -> dict[str, Any]:
     """What a run dir remembers of the resolved config that produced its pseudo masks."""
     container = resolve_files(container)
     settings = {key: container.get(key) for key in RUN_KEYS}
-    if container.get("head") is not None:
-        settings["head"] = container["head"]
+    if container.get("feature_head") is not None:
+        settings["feature_head"] = container["feature_head"]
     return settings
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = ("previous=labeling.kmeans.overcluster=1;defaults=;"
-                   "head=head=stego labeling.kmeans.overcluster=1;head_and_defaults=head=stego")
+                   "head=feature_head=stego labeling.kmeans.overcluster=1;head_and_defaults=feature_head=stego")
 
 
 def run(command: list[str], log: Path) -> tuple[float, float]:

@@ -35,7 +35,7 @@ from tests.test_quality import _labelled_folder
 TINY = ["backbone=tiny_vit", "resize.size=64", "dataset=folder", "dataset.num_classes=3", "dataset.split=train", "k=3"]
 PRIMAPS = ["method=primaps", "method.steps=30", "method.checkpoint_every=5",
            "method.batch_size=4", "method.init_points=2000"]
-STEGO = ["method=stego", "head=stego", "head.steps=30", "method.probe.steps=100"]
+STEGO = ["method=stego", "feature_head=stego", "feature_head.steps=30", "method.probe.steps=100"]
 
 
 @pytest.fixture(scope="module")
@@ -223,13 +223,13 @@ def test_stego_needs_the_head_and_refuses_a_head_of_another_backbone(tmp_path, p
     common = [*TINY, f"dataset.root={photos}", f"paths.cache_dir={tmp_path / 'cache'}"]
     with pytest.raises(Exception) as info:
         run_discover(tmp_path / "a", [*common, "method=stego"])
-    assert "reads a feature head's codes: set head=stego" in str(user_error(info.value))
+    assert "reads a feature head's codes: set feature_head=stego" in str(user_error(info.value))
     from datus.backbones.projected import ProjectionHead
     from datus.projection import save_head
 
     path = save_head(tmp_path / "other.pt", ProjectionHead(in_dim=384, out_dim=8), {"backbone": "dinov2_vits14"})
     with pytest.raises(Exception) as info:
-        run_discover(tmp_path / "b", [*common, *STEGO, f"head.checkpoint={path}"])
+        run_discover(tmp_path / "b", [*common, *STEGO, f"feature_head.checkpoint={path}"])
     assert re.search(r"head\.checkpoint=.*other\.pt was trained on dinov2_vits14 features, not tiny_vit's",
                      str(user_error(info.value)))
     assert not (tmp_path / "cache" / "features").exists()  # refused before any image was read

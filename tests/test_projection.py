@@ -1,4 +1,4 @@
-"""The feature head (``head=stego``): its loss, training, cache, resume, configs and bad input, on real photos."""
+"""The feature head (``feature_head=stego``): its loss, training, cache, resume, configs and bad input, on real photos."""
 
 from __future__ import annotations
 
@@ -155,7 +155,7 @@ def test_discover_runs_on_the_codes_and_the_run_remembers_the_head(tmp_path, cac
     out = tmp_path / "run"
     overrides = [
         "backbone=tiny_vit", "dataset=demo", "resize.size=64", "logger=none", "trainer.enable_progress_bar=false",
-        "head=stego", "head.steps=10", "head.batch_size=3", "head.knn=2", "k=3", f"paths.cache_dir={cache_dir}",
+        "feature_head=stego", "feature_head.steps=10", "feature_head.batch_size=3", "feature_head.knn=2", "k=3", f"paths.cache_dir={cache_dir}",
         f"cache_dir={tmp_path / 'cache'}",
     ]
     cfg = compose_config("discover", overrides, out)
@@ -164,7 +164,7 @@ def test_discover_runs_on_the_codes_and_the_run_remembers_the_head(tmp_path, cac
     finally:
         GlobalHydra.instance().clear()
     assert len(list((out / "pseudo_masks").glob("*.png"))) == len(DemoImages())
-    assert json.loads((out / "run.json").read_text())["head"]["steps"] == 10
+    assert json.loads((out / "run.json").read_text())["feature_head"]["steps"] == 10
     heads = list((tmp_path / "cache" / "projection").glob("*/head.pt"))
     report = json.loads((out / "summary.json").read_text())["feature_head"]
     assert len(heads) == 1 and report["path"] == str(heads[0]) and report["trained_this_run"]
@@ -187,10 +187,10 @@ def test_discover_runs_on_the_codes_and_the_run_remembers_the_head(tmp_path, cac
 @pytest.mark.parametrize("backbone", list_backbones())
 def test_the_head_config_composes_with_every_backbone(backbone, tmp_path):
     try:
-        cfg = compose_config("discover", [f"backbone={backbone}", "head=stego"], tmp_path)
+        cfg = compose_config("discover", [f"backbone={backbone}", "feature_head=stego"], tmp_path)
     finally:
         GlobalHydra.instance().clear()
-    projection = instantiate(cfg.head)
+    projection = instantiate(cfg.feature_head)
     assert isinstance(projection, Projection) and cfg.graph.feature == "codes"
     check_codes(instantiate(cfg.method).features_read(), projection, cfg.graph.affinity.debias)
 
@@ -199,24 +199,24 @@ def test_a_head_file_of_another_backbone_or_width_is_refused(tmp_path):
     head = ProjectionHead(in_dim=32, out_dim=8)
     path = save_head(tmp_path / "head.pt", head, {"backbone": "dino_vits16", "features": ["keys"]})
     assert load_head(path, backbone="dino_vits16", in_dim=32)[0].out_dim == 8
-    with pytest.raises(HeadFileError, match=r"head.checkpoint=.*head.pt was trained on dino_vits16 features, "
+    with pytest.raises(HeadFileError, match=r"feature_head.checkpoint=.*head.pt was trained on dino_vits16 features, "
                                             r"not tiny_vit's"):
         load_head(path, backbone="tiny_vit", in_dim=32)
     with pytest.raises(HeadFileError, match=r"reads 32-channel features, but \['keys'\] of this backbone have 64"):
         load_head(path, backbone="dino_vits16", in_dim=64)
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(HeadFileError, match=r"head.checkpoint=.*garbage.pt: not a projection head file"):
+    with pytest.raises(HeadFileError, match=r"feature_head.checkpoint=.*garbage.pt: not a projection head file"):
         load_head(tmp_path / "garbage.pt")
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    (["graph.feature=codes"], r"graph.feature=codes reads a feature head's codes: set head=stego"),
-    (["head=stego", "graph.feature=keys", "graph.segment_feature=keys"],
-     r"head=stego trains a feature head but graph.feature, graph.segment_feature read keys"),
-    (["head=stego", "method=kmeans_patches"], r"set method.patch_feature=codes"),
-    (["head=stego", "graph.affinity.debias=remove_key_bias"], r"debias=remove_key_bias .* codes do not have"),
-    (["head=stego", "head.samples=1"], r"head.samples=1 must be >= 2"),
-    (["head=stego", "head.checkpoint={missing}"], r"head.checkpoint=.*nowhere.pt: no such file"),
+    (["graph.feature=codes"], r"graph.feature=codes reads a feature head's codes: set feature_head=stego"),
+    (["feature_head=stego", "graph.feature=keys", "graph.segment_feature=keys"],
+     r"feature_head=stego trains a feature head but graph.feature, graph.segment_feature read keys"),
+    (["feature_head=stego", "method=kmeans_patches"], r"set method.patch_feature=codes"),
+    (["feature_head=stego", "graph.affinity.debias=remove_key_bias"], r"debias=remove_key_bias .* codes do not have"),
+    (["feature_head=stego", "feature_head.samples=1"], r"feature_head.samples=1 must be >= 2"),
+    (["feature_head=stego", "feature_head.checkpoint={missing}"], r"feature_head.checkpoint=.*nowhere.pt: no such file"),
 ])
 def test_a_head_setting_that_does_not_fit_fails_before_any_work(tmp_path, monkeypatch, overrides, message):
     import datus.backbones.registry
@@ -240,7 +240,7 @@ def test_a_split_of_one_image_cannot_pair_neighbours():
 
 
 def test_the_head_picture_shows_raw_and_head_features_and_both_masks(tmp_path):
-    """``python -m datus.viz head``: one picture per image, the masks of two runs beside the two PCAs."""
+    """``python -m datus.viz feature_head``: one picture per image, the masks of two runs beside the two PCAs."""
     from PIL import Image
 
     from datus import viz
@@ -253,17 +253,17 @@ def test_the_head_picture_shows_raw_and_head_features_and_both_masks(tmp_path):
             height, width = dataset.load(i)["image"].shape[-2:]
             save_mask(tmp_path / run / "pseudo_masks" / f"{stem}.png",
                       (torch.arange(height * width).reshape(height, width) % 3).numpy())
-    viz.main(["head", "--images", "2", "--out", str(tmp_path / "viz"), "--masks", str(tmp_path / "without" /
+    viz.main(["feature_head", "--images", "2", "--out", str(tmp_path / "viz"), "--masks", str(tmp_path / "without" /
               "pseudo_masks"), "--masks", str(tmp_path / "with" / "pseudo_masks"), "backbone=tiny_vit", "resize.size=64",
-              "head=stego", "head.steps=5", "head.batch_size=3", "head.knn=2", f"cache_dir={tmp_path / 'cache'}"])
-    pictures = sorted((tmp_path / "viz" / "head").glob("*.png"))
+              "feature_head=stego", "feature_head.steps=5", "feature_head.batch_size=3", "feature_head.knn=2", f"cache_dir={tmp_path / 'cache'}"])
+    pictures = sorted((tmp_path / "viz" / "feature_head").glob("*.png"))
     assert [p.stem for p in pictures] == sorted(stems)
     with Image.open(pictures[0]) as picture:
         assert picture.width > 4 * picture.height  # image | two PCAs | two masks side by side
 
 
 def test_a_head_can_read_earlier_blocks_too(tmp_path):
-    """``head.blocks``: the keys and an earlier block's tokens, concatenated (STEGO and CAUSE use several depths)."""
+    """``feature_head.blocks``: the keys and an earlier block's tokens, concatenated (STEGO and CAUSE use several depths)."""
     backbone = _tiny()
     projected = _attach(Projection(dim=8, steps=6, batch_size=3, knn=2, blocks=[-2]), tmp_path, backbone=backbone)
     assert projected.head.in_dim == 2 * backbone.embed_dim

@@ -233,7 +233,7 @@ def test_a_wnet_file_of_another_k_or_not_a_wnet_is_refused(tmp_path):
     (["wnet.input_size=[30,40]"], r"wnet.input_size=\[30, 40\]: .*multiples of the U-Nets' total stride 8.*\[32, 40\]"),
     (["wnet.batch_size=1"], r"wnet.batch_size=1 must be >= 2 \(batch norm needs two images per batch\)"),
     (["wnet.ncut.radius=0"], r"ncut.radius=0 must be > 0"),
-    (["head=stego"], r"head=stego trains a feature head on backbone features, which this method does not read"),
+    (["feature_head=stego"], r"feature_head=stego trains a feature head on backbone features, which this method does not read"),
     (["wnet.checkpoint={missing}"], r"wnet.checkpoint=.*nowhere.pt: no such file"),
 ])
 def test_a_wnet_setting_that_does_not_fit_fails_before_any_work(tmp_path, overrides, message):

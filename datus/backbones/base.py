@@ -38,7 +38,7 @@ class BackboneOutput:
     attentions: Tensor | None = None
     #: normalised output tokens of earlier blocks, ``(B, h*w, D)`` by block index (see ``blocks=``)
     hidden: dict[int, Tensor] | None = None
-    #: a trained projection head's output (``head=stego``; :class:`datus.backbones.ProjectedBackbone`)
+    #: a trained projection head's output (``feature_head=stego``; :class:`datus.backbones.ProjectedBackbone`)
     codes: Tensor | None = None
 
     def features(self, name: str) -> Tensor:
@@ -47,7 +47,7 @@ class BackboneOutput:
             raise BackboneError(f"unknown patch feature {name!r}; choose one of {PATCH_FEATURES}")
         value = getattr(self, name)
         if value is None and name == "codes":
-            raise BackboneError("'codes' are a projection head's output: set head=stego (or pick another "
+            raise BackboneError("'codes' are a projection head's output: set feature_head=stego (or pick another "
                                 "graph.feature / graph.segment_feature)")
         if value is None:
             raise BackboneError(

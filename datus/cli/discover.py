@@ -22,7 +22,7 @@ def pipeline_kwargs(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     check_matching(cfg.matching)
     labeler = instantiate(cfg.labeling, k=cfg.k)
     method = instantiate(cfg.method)
-    projection = instantiate(cfg.head) if cfg.get("head") is not None else None
+    projection = instantiate(cfg.feature_head) if cfg.get("feature_head") is not None else None
     method.check(k=labeler.k)
     if labeler.centroids is not None and not method.inductive:
         raise ValueError(f"labeling.centroids labels k-means features with another run's centroids; method={method.name} "

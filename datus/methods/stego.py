@@ -14,7 +14,7 @@ from datus.methods.kmeans_patches import KMeansPatches
 
 
 class StegoMethod(KMeansPatches):
-    """STEGO's read-out (Hamilton et al. 2022) of a feature head's codes (``head=stego``): its cluster probe,
+    """STEGO's read-out (Hamilton et al. 2022) of a feature head's codes (``feature_head=stego``): its cluster probe,
     K cosine centroids trained by minibatch gradient descent on the split's codes (``labeling.kmeans.seed``),
     each patch its most similar centroid; ``postprocess=crf`` feeds ``log_softmax(cosine / temperature)``
     to the dense CRF, as STEGO evaluates (temperature 0.5: STEGO's ``alpha=2``)."""

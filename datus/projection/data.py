@@ -67,7 +67,7 @@ class PairedPatches(Dataset):
 
     def __init__(self, index, indices: Sequence[int], neighbours: Tensor, samples: int = 11) -> None:
         if samples < 2:
-            raise ValueError(f"head.samples={samples} must be >= 2 (patches per side sampled from each image)")
+            raise ValueError(f"feature_head.samples={samples} must be >= 2 (patches per side sampled from each image)")
         self.index, self.indices, self.neighbours, self.samples = index, list(indices), neighbours, int(samples)
 
     def __len__(self) -> int:

@@ -22,7 +22,7 @@ class ProjectionModule(pl.LightningModule):
     def __init__(self, head: ProjectionHead, loss: CorrelationLoss, lr: float = 5e-4) -> None:
         super().__init__()
         if lr <= 0:
-            raise ValueError(f"head.lr={lr} must be > 0")
+            raise ValueError(f"feature_head.lr={lr} must be > 0")
         self.head, self.loss, self.lr = head, loss, float(lr)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

@@ -50,7 +50,7 @@ def save_head(path: str | Path, head: ProjectionHead, meta: dict[str, Any]) -> P
 
 
 def load_head(path: str | Path, *, backbone: str | None = None, in_dim: int | None = None,
-              setting: str = "head.checkpoint") -> tuple[ProjectionHead, dict[str, Any]]:
+              setting: str = "feature_head.checkpoint") -> tuple[ProjectionHead, dict[str, Any]]:
     """A saved head and its meta, checked against the ``backbone`` name and input width it must serve."""
     path = Path(path)
     state, meta = load_artefact(path, "projection head", (HEAD_FORMAT,), setting, HeadFileError)
@@ -62,10 +62,10 @@ def load_head(path: str | Path, *, backbone: str | None = None, in_dim: int | No
         raise HeadFileError(f"{setting}={path}: not a projection head file ({type(err).__name__}: {err})") from err
     if backbone is not None and meta.get("backbone") != backbone:
         raise HeadFileError(f"{setting}={path} was trained on {meta.get('backbone')} features, not {backbone}'s: "
-                            "train a head for this backbone (drop head.checkpoint)")
+                            "train a head for this backbone (drop feature_head.checkpoint)")
     if in_dim is not None and head.in_dim != in_dim:
         raise HeadFileError(f"{setting}={path} reads {head.in_dim}-channel features, but {meta.get('features')} of "
-                            f"this backbone have {in_dim}: check head.features")
+                            f"this backbone have {in_dim}: check feature_head.features")
     return head, meta
 
 
@@ -107,13 +107,13 @@ class Projection:
         self.checkpoint_every, self.accelerator = int(checkpoint_every), str(accelerator)
         self.checkpoint = checkpoint
         self.report: dict[str, Any] = {}
-        for setting, value, least in (("head.dim", self.dim, 1), ("head.knn", self.knn, 1),
-                                      ("head.samples", self.samples, 2), ("head.batch_size", self.batch_size, 2),
-                                      ("head.steps", self.steps, 1), ("head.checkpoint_every", self.checkpoint_every, 1)):
+        for setting, value, least in (("feature_head.dim", self.dim, 1), ("feature_head.knn", self.knn, 1),
+                                      ("feature_head.samples", self.samples, 2), ("feature_head.batch_size", self.batch_size, 2),
+                                      ("feature_head.steps", self.steps, 1), ("feature_head.checkpoint_every", self.checkpoint_every, 1)):
             if value < least:
                 raise ValueError(f"{setting}={value} must be >= {least}")
         if self.lr <= 0:
-            raise ValueError(f"head.lr={self.lr} must be > 0")
+            raise ValueError(f"feature_head.lr={self.lr} must be > 0")
 
     def settings(self) -> dict[str, Any]:
         """What changes the trained head (the cache key's head part)."""
@@ -123,7 +123,7 @@ class Projection:
                 "batch_size": self.batch_size, "steps": self.steps, "lr": self.lr, "seed": self.seed}
 
     def check(self, backbone_name: str | None) -> None:
-        """Fail before the backbone is built when ``head.checkpoint`` is missing, unreadable or made for
+        """Fail before the backbone is built when ``feature_head.checkpoint`` is missing, unreadable or made for
         another backbone (cheap: reads the small file; its input width is checked by :meth:`attach`)."""
         if self.checkpoint is not None:
             load_head(self.checkpoint, backbone=backbone_name)
@@ -193,15 +193,15 @@ def check_codes(features_read: dict[str, str], projection: Projection | None, de
     """
     readers = [setting for setting, feature in features_read.items() if feature == "codes"]
     if projection is None and readers:
-        raise ValueError(f"{'=codes, '.join(readers)}=codes reads a feature head's codes: set head=stego "
+        raise ValueError(f"{'=codes, '.join(readers)}=codes reads a feature head's codes: set feature_head=stego "
                          "(or another feature)")
     if projection is not None and not features_read:
-        raise ValueError(f"head={projection.name} trains a feature head on backbone features, which this method "
-                         "does not read: use head=none")
+        raise ValueError(f"feature_head={projection.name} trains a feature head on backbone features, which this method "
+                         "does not read: use feature_head=none")
     if projection is not None and not readers:
-        raise ValueError(f"head={projection.name} trains a feature head but {', '.join(features_read)} read "
+        raise ValueError(f"feature_head={projection.name} trains a feature head but {', '.join(features_read)} read "
                          f"{', '.join(sorted(set(features_read.values())))}: set {next(iter(features_read))}=codes "
-                         "(or head=none)")
+                         "(or feature_head=none)")
     if readers and debias == "remove_key_bias" and features_read.get("graph.feature") == "codes":
         raise ValueError("graph.affinity.debias=remove_key_bias removes the backbone's key bias, which codes do "
                          "not have: use graph.affinity.debias=center or none with graph.feature=codes")
