@@ -124,6 +124,7 @@ _WRITE_HINTS = {
     errno.EROFS: "that file system is read-only: point the setting at a writable folder",
     errno.EACCES: "check the folder's permissions (or point the setting at a writable folder)",
     errno.EPERM: "check the folder's permissions (or point the setting at a writable folder)",
+    errno.EIO: "check that disk (or point the setting at another one)",
 }
 
 
@@ -135,10 +136,15 @@ def named_write_errors(path: str | Path) -> Iterator[None]:
     except WriteError:
         raise
     except OSError as err:
-        hint = _WRITE_HINTS.get(err.errno)
+        code, reason = err.errno, err.strerror
+        if code is None and "written" in str(err):  # a short write without errno (numpy: "N requested and M written")
+            code, reason = errno.ENOSPC, f"{err} (a short write: the disk is probably full)"
+        elif code is None:  # another write failure without errno: still the user's disk, in one line
+            code, reason = errno.EIO, str(err) or type(err).__name__
+        hint = _WRITE_HINTS.get(code)
         if hint is None:
             raise
-        raise WriteError(err.errno, f"cannot write {path}: {err.strerror}; {hint}, then rerun the same command "
+        raise WriteError(code, f"cannot write {path}: {reason}; {hint}, then rerun the same command "
                          "(finished work is kept)", str(path)) from err
 
 
@@ -193,14 +199,6 @@ def file_digest(path: str | Path) -> str:
 def load_json(path: str | Path) -> Any:
     """Read a JSON file."""
     return json.loads(Path(path).read_text())
-
-
-def save_png(path: str | Path, array) -> Path:
-    """Save a uint8 ``(H, W)`` or ``(H, W, 3)`` array as PNG, atomically."""
-    from PIL import Image
-
-    image = Image.fromarray(array)
-    return atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
 def save_figure(path: str | Path, fig, dpi: int = 110) -> Path:

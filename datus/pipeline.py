@@ -11,6 +11,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,37 +67,60 @@ def _claim_output_dir(out_dir: Path, run_settings: dict[str, Any], overwrite: bo
         write_json(out_dir / "run.json", run_settings)
 
 
+@dataclass(frozen=True)
+class Passes:
+    """How the backbone passes run (Lightning predict loops) and where their outputs are kept."""
+
+    make_trainer: Callable[[], pl.Trainer]
+    batch_size: int = 1
+    num_workers: int = 0
+    shard_size: int = 256
+    #: ``cache_dir/<kind>/<hash of the method's cache key>``: reused by every run with the same settings
+    cache_dir: str | Path | None = None
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The run's output folder and what guards it: ``settings`` (everything that changes the pseudo
+    masks) are kept in ``run.json`` so two runs never mix; ``overwrite`` replaces another run."""
+
+    path: Path
+    settings: dict[str, Any] | None = None
+    overwrite: bool = False
+    num_pictures: int = 8
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How the pseudo masks are scored against the ground truth (when the split has masks)."""
+
+    evaluate: bool = True
+    protocol: str = "honest"
+    matching: str = "hungarian"
+
+
 def run_pipeline(
     method: Method,
     *,
     labeler: Labeler,
     backbone: Backbone | None,
     dataset: SegmentationDataset,
-    make_trainer: Callable[[], pl.Trainer],
-    out_dir: str | Path,
-    batch_size: int,
-    num_workers: int,
-    shard_size: int,
-    num_pictures: int,
-    stage: str = "all",
+    passes: Passes,
+    run_dir: RunDir,
     settings: dict[str, Any] | None = None,
-    run_settings: dict[str, Any] | None = None,
-    cache_dir: str | Path | None = None,
+    stage: str = "all",
     shard: tuple[int, int] = (0, 1),
-    evaluate: bool = True,
-    protocol: str = "honest",
-    matching: str = "hungarian",
-    overwrite: bool = False,
+    scoring: Scoring | None = None,
     postprocess: DenseCRF | None = None,
     projection: Projection | None = None,
 ) -> dict[str, Any]:
-    """Run ``method`` on ``dataset`` into ``out_dir``; returns the summary (with metrics if evaluated).
+    """Run ``method`` on ``dataset`` into ``run_dir.path``; returns the summary (with metrics if evaluated).
 
     ``settings`` are what produce the backbone-pass outputs (segments, patch features): with
-    ``cache_dir`` those outputs are kept in ``cache_dir/<kind>/<hash of the method's cache key>``
+    ``passes.cache_dir`` those outputs are kept in ``cache_dir/<kind>/<hash of the method's cache key>``
     and reused by every run with the same settings (a K sweep passes over the images once).
-    ``run_settings`` (everything that changes the pseudo masks) guard ``out_dir`` against mixing
-    two runs. ``shard=(index, count)`` makes this job decompose one contiguous block of the split
+    ``run_dir.settings`` (everything that changes the pseudo masks; ``settings`` if None) guard the
+    folder against mixing two runs. ``shard=(index, count)`` makes this job decompose one contiguous block of the split
     (``stage=segments``); ``stage=labels`` then clusters the whole split. Under DDP every rank
     runs the backbone passes and returns ``{}``; rank 0 clusters, writes and evaluates.
     ``postprocess`` (the dense CRF) makes each mask from the per-patch cluster scores and the
@@ -116,7 +140,8 @@ def run_pipeline(
     if shard_count > 1 and (stage != "segments" or not method.staged):
         raise ValueError(f"shard.count={shard_count} splits discovery only: use method=datus stage=segments, "
                          "then one stage=labels job once every shard is done")
-    out_dir = Path(out_dir)
+    out_dir, cache_dir, scoring = Path(run_dir.path), passes.cache_dir, scoring or Scoring()
+    make_trainer, batch_size, num_workers = passes.make_trainer, passes.batch_size, passes.num_workers
     settings = settings or {}
     features = feature_settings(backbone=settings.get("backbone"), resize=settings.get("resize"), method=method.name,
                                 features=method.features_read(), labeling=labeler.feature_settings(), head=None)
@@ -124,7 +149,7 @@ def run_pipeline(
     ignored = list(getattr(dataset, "ignored_files", []))
     for entry in ignored:
         log.warning("ignored %s: %s, not an image file", entry["file"], entry["reason"])
-    _claim_output_dir(out_dir, run_settings if run_settings is not None else settings, overwrite)
+    _claim_output_dir(out_dir, run_dir.settings if run_dir.settings is not None else settings, run_dir.overwrite)
     remove_stale_temporaries(out_dir)  # left by a killed run (SIGKILL cannot be caught)
     feature_cache = FeatureCache(cache_dir, out_dir, make_trainer, batch_size=batch_size, num_workers=num_workers)
     backbone_settings = settings.get("backbone")
@@ -146,9 +171,9 @@ def run_pipeline(
     work = cache_entry(cache_dir, method.cache_kind, key) if cache_dir and method.cache_kind else out_dir
     remove_stale_temporaries(work)
     loop = PredictLoop(dataset, make_trainer, min_size=backbone.patch_size if backbone is not None else 1,
-                       batch_size=batch_size, num_workers=num_workers, shard_size=shard_size)
+                       batch_size=batch_size, num_workers=num_workers, shard_size=passes.shard_size)
     job = Job(backbone=backbone, loop=loop, work=work, out_dir=out_dir, labeler=labeler, stage=stage,
-              indices=indices, settings=key, num_pictures=num_pictures, overwrite=overwrite, rank=global_rank(),
+              indices=indices, settings=key, num_pictures=run_dir.num_pictures, overwrite=run_dir.overwrite, rank=global_rank(),
               shard=(shard_index, shard_count), manifest=dataset_manifest(dataset), feature_settings=features,
               fit_on={"dataset": getattr(dataset, "name", None), "root": str(getattr(dataset, "root", "")),
                       "split": getattr(dataset, "split", None)}, feature_cache=feature_cache,
@@ -160,9 +185,9 @@ def run_pipeline(
     if stage != "segments":
         summary["labeling"] = method.label(job, method.scores_to_mask(labeler, postprocess, dataset))
         clock.lap("labels")
-    if evaluate and stage != "segments" and dataset.has_masks:
+    if scoring.evaluate and stage != "segments" and dataset.has_masks:
         result, samples = evaluate_masks(dataset, masks_dir=out_dir / "pseudo_masks", num_clusters=labeler.k,
-                                         protocol=protocol, matching=matching, allow_missing=True)
+                                         protocol=scoring.protocol, matching=scoring.matching, allow_missing=True)
         write_report(out_dir, result, samples, list(dataset.classes))
         log.info("pseudo masks vs ground truth:\n%s", format_table(result))
         summary["metrics"] = {k: result[k] for k in ("miou", "pixel_accuracy", "mean_f1", "coverage")}

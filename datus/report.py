@@ -17,8 +17,9 @@ from typing import Any
 import yaml
 
 from datus.io import atomic_write, save_figure
+from datus.runs import FAILED_RUN
 
-COLUMNS = ("run", "method", "backbone", "k", "miou", "pixel_accuracy", "mean_f1", "coverage", "majority_miou")
+COLUMNS = ("run", "method", "backbone", "k", "miou", "pixel_accuracy", "mean_f1", "coverage", "majority_miou", "failed")
 
 
 def _method_name(run: Path, config: dict) -> str:
@@ -70,7 +71,18 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
             "mean_f1": 100 * metrics["mean_f1"],
             "coverage": 100 * metrics["coverage"],
             "majority_miou": 100 * metrics["majority"]["miou"] if "majority" in metrics else None,
+            "failed": "",
         })
+    for failed_path in sorted(root.rglob(FAILED_RUN)):  # failed jobs: a row each, never dropped
+        run = failed_path.parent
+        if (run / "metrics.json").is_file():
+            continue  # a rerun of that job succeeded
+        config_path = run / ".hydra" / "config.yaml"
+        config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+        rows.append({"run": str(run.relative_to(root)) or ".", "method": _method_name(run, config),
+                     "backbone": _backbone_name(run, config), "k": _setting(config, "k"), "miou": None,
+                     "pixel_accuracy": None, "mean_f1": None, "coverage": None, "majority_miou": None,
+                     "failed": json.loads(failed_path.read_text()).get("error", "failed")})
     return sorted(rows, key=lambda r: (str(r["backbone"]), str(r["method"]), r["k"] or 0, r["run"]))
 
 
@@ -90,7 +102,7 @@ def plot(rows: list[dict[str, Any]]):
     fig, ax = plt.subplots(figsize=(6, 4))
     series: dict[str, list[tuple[int, float, float | None]]] = {}
     for r in rows:
-        if r["k"] is not None:
+        if r["k"] is not None and r["miou"] is not None:
             series.setdefault(f"{r['backbone']} ({r['method']})", []).append(
                 (int(r["k"]), r["miou"], r.get("majority_miou")))
     for name, points in sorted(series.items()):
@@ -126,6 +138,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     atomic_write(out / "report.csv", lambda f: f.write(buffer.getvalue().encode()))
     save_figure(out / "report.png", plot(rows))
     print(markdown)
+    failed = [r for r in rows if r["failed"]]
+    if failed:
+        print(f"{len(failed)} failed job(s), shown as failed rows: " + "; ".join(f"{r['run']}: {r['failed']}" for r in failed))
     print(f"written: {out / 'report.md'}, {out / 'report.csv'}, {out / 'report.png'}")
     return rows
 

@@ -205,3 +205,62 @@ def shard_range(n: int, index: int, count: int) -> range:
         raise ValueError(f"discovery shard {index} of {count}: need 0 <= shard.index < shard.count")
     start, stop = n * index // count, n * (index + 1) // count
     return range(start, stop)
+
+
+#: The file a failed job leaves in its folder (its error line; ``python -m datus.report`` shows it as failed).
+FAILED_RUN = "failed.json"
+#: The file inside a run folder that its run holds (an OS file lock) for its whole life.
+RUN_LOCK = ".datus.lock"
+
+
+@contextmanager
+def hold_run_dir(path: str | Path) -> Iterator[Path]:
+    """Hold the run folder ``path`` while the run lives: a second run into it is refused at once.
+
+    The lock is the operating system's (``flock`` on ``path/.datus.lock``), so it ends with its process
+    however that ends (crash, ``kill -9``): a folder left by a dead run is taken over, never stuck. The
+    file names the holder (host, pid, start) for the refusal message. Only rank 0 holds it (DDP ranks
+    share their run's folder).
+    """
+    import fcntl
+    import os
+    import socket
+    import time
+
+    path = Path(path)
+    if global_rank() != 0:
+        yield path
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    lock = path / RUN_LOCK
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _holder(fd)
+        os.close(fd)
+        raise RunConflictError(f"{path} is in use by another run ({holder}): wait for it to end, or pass another "
+                               "hydra.run.dir (two runs into one folder would mix their outputs)") from None
+    previous = _holder(fd)
+    if previous:
+        log.info("%s: taking over the folder of a run that ended (%s)", path, previous)
+    info = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(info).encode(), 0)
+    try:
+        yield path
+    finally:
+        os.ftruncate(fd, 0)  # ended: nobody holds it
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _holder(fd: int) -> str:
+    """``host <h>, pid <p>, since <t>`` from a lock file's contents ('' when empty or unreadable)."""
+    import os
+
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        return f"host {info['host']}, pid {info['pid']}, since {info['started']}"
+    except (ValueError, KeyError, OSError):
+        return ""

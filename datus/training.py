@@ -170,3 +170,36 @@ def folder_trainer(folder: Path, *, accelerator: str, checkpoint_every: dict[str
         plugins=[AtomicCheckpointIO()], **trainer_kwargs,
     )
     return trainer, str(last) if last.is_file() else None
+
+
+class RelocatableCheckpoint(pl.callbacks.ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` that keeps tracking its best checkpoint when the run folder moved.
+
+    Lightning drops the best score (and which file holds it) when a checkpoint is resumed from another
+    folder than it was written in, so a moved run's next epoch would replace ``best.ckpt`` whatever its
+    score. Here the stored paths are re-rooted in the new folder (same file names) and everything is
+    restored, so a moved folder resumes exactly as it would have in place.
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old = state_dict.get("dirpath")
+        if old and self.dirpath and str(old) != str(self.dirpath):
+            new = str(self.dirpath)
+
+            def moved(path):
+                if not path or not str(path).startswith(str(old)):
+                    return path
+                return new + str(path)[len(str(old)):]
+
+            state_dict = {**state_dict, "dirpath": new,
+                          "best_model_path": moved(state_dict.get("best_model_path")),
+                          "kth_best_model_path": moved(state_dict.get("kth_best_model_path")),
+                          "last_model_path": moved(state_dict.get("last_model_path")),
+                          "best_k_models": {moved(k): v for k, v in (state_dict.get("best_k_models") or {}).items()}}
+            log.info("checkpoints moved from %s to %s: their best score is kept", old, new)
+        super().load_state_dict(state_dict)
+
+    @property
+    def state_key(self) -> str:
+        # Lightning's name for this state in a checkpoint: checkpoints written by ModelCheckpoint still resume
+        return super().state_key.replace(type(self).__qualname__, "ModelCheckpoint", 1)

@@ -89,10 +89,10 @@ def test_the_shared_floor_imports_only_the_ground_floor():
 def test_the_rule_catches_an_upward_import(tmp_path):
     """The checker itself: a discovery module importing the pipeline is reported."""
     bad = tmp_path / "bad.py"
-    bad.write_text("def f():\n    from datus.pipeline import run_pipeline\n    import datus.cli.hydra\n")
-    assert [m for _, m in _imports(bad)] == ["datus.pipeline", "datus.cli.hydra"]
+    bad.write_text("def f():\n    from datus.pipeline import run_pipeline\n    import datus.cli.setup\n")
+    assert [m for _, m in _imports(bad)] == ["datus.pipeline", "datus.cli.setup"]
     assert _floor("datus.pipeline") > _floor("datus.discovery.affinity")
-    assert _floor("datus.cli.hydra") > _floor("datus.labeling.run")
+    assert _floor("datus.cli.setup") > _floor("datus.labeling.run")
 
 
 @pytest.mark.parametrize("module", ["datus", "datus.discovery", "datus.labeling", "datus.refine", "datus.pipeline",
@@ -111,10 +111,79 @@ def test_the_library_imports_without_hydra(module):
 
 def test_importing_the_cli_registers_nothing():
     """Resolvers exist only after register_resolvers(): importing a module has no side effect."""
-    code = ("from omegaconf import OmegaConf\nimport datus.cli.hydra as h\n"
+    code = ("from omegaconf import OmegaConf\nimport datus.cli.setup as h\n"
             "assert not OmegaConf.has_resolver('datus.on_gpu'), 'registered on import'\n"
             "h.register_resolvers(); h.register_resolvers()\n"
             "assert OmegaConf.has_resolver('datus.on_gpu')\n"
             "cfg = OmegaConf.create({'x': '${datus.on_gpu:cpu}'})\nassert cfg.x is False\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+#: Options that are deliberately *other* settings of their classes (the paper's, or a variant a
+#: README chapter measures); every other option's values are the library's defaults where both exist.
+VARIANTS = {"graph/paper", "labeling/paper", "wnet/paper", "model/align_text", "model/align_block"}
+CONF = PROJECT_ROOT / "conf"
+#: Settings each option chooses for itself (no one value is the tuned one): which weights a backbone loads.
+PER_OPTION = {("datus.backbones.build_backbone", "weights")}
+
+
+def _targets(node, path: str):
+    """Every ``_target_`` node of a config container, with its dotted path."""
+    if isinstance(node, dict):
+        if "_target_" in node:
+            yield path, node
+        for key, value in node.items():
+            yield from _targets(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _targets(value, f"{path}[{i}]")
+
+
+def _options():
+    for group in sorted(p for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "experiment", "quality")):
+        for option in sorted(group.glob("*.yaml")):
+            if f"{group.name}/{option.stem}" not in VARIANTS and not option.stem.startswith("_"):
+                yield group.name, option.stem
+
+
+def _comparable(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+@pytest.mark.parametrize(("group", "option"), list(_options()))
+def test_the_library_defaults_are_the_configs(group, option):
+    """One source for every default: building a datus class from its config equals building it from the
+    library's documented defaults where both name a value (the Python API does what the CLI does)."""
+    import inspect
+
+    from hydra.errors import ConfigCompositionException
+    from hydra.utils import get_object
+    from omegaconf import OmegaConf
+
+    from datus.cli.compose import compose_config
+
+    for entry in ("discover", "train", "evaluate"):
+        try:
+            cfg = compose_config(entry, [f"{group}={option}"])
+        except ConfigCompositionException:
+            continue  # the group is another entry point's
+        break
+    else:
+        pytest.fail(f"{group}={option} composes with no entry point")
+    container = OmegaConf.to_container(cfg, resolve=False)
+    disagree = []
+    for path, node in _targets(container.get(group), group):
+        if not str(node["_target_"]).startswith("datus."):
+            continue
+        parameters = inspect.signature(get_object(node["_target_"])).parameters
+        for name, parameter in parameters.items():
+            if name not in node or parameter.default is inspect.Parameter.empty or (node["_target_"], name) in PER_OPTION:
+                continue
+            value = node[name]
+            if isinstance(value, dict) or (isinstance(value, str) and "${" in value):
+                continue  # a nested node (checked on its own) or another setting's value
+            if _comparable(value) != _comparable(parameter.default):
+                disagree.append(f"{path}.{name}: {value!r} in conf/{group}/{option}.yaml, "
+                                f"{parameter.default!r} in {node['_target_']}")
+    assert not disagree, "the library's defaults disagree with the config:\n" + "\n".join(disagree)

@@ -48,13 +48,13 @@ def test_authors_graph_and_regions_equal_ours_on_real_features():
     backbone = build_backbone("tiny_vit")
     image = DemoImages(transform=ResizeForBackbone(96, 8, mode="square"))[1]["image"]
     out = backbone(backbone.normalize(image[None]))
-    affinity = Affinity(kind="binary", debias="center")
+    affinity = Affinity(kind="binary", debias="center", knn=None)
     keys = affinity.prepare(out.keys[0]).numpy()
     ours = affinity(out.keys[0]).numpy()
     assert 0.1 < ours.mean() < 0.9
     np.testing.assert_array_equal(_authors_adjacency(keys), ours)
 
-    communities = Louvain("igraph")(ours).reshape(out.grid)
+    communities = Louvain("igraph", resolution=1.0)(ours).reshape(out.grid)
     regions, _ = connected_regions(communities, 8)
     theirs = {frozenset(region) for region in _authors_regions(communities)}
     assert theirs == {frozenset(zip(*np.nonzero(regions == r))) for r in range(regions.max() + 1)}

@@ -176,7 +176,7 @@ def test_the_cache_key_names_the_data_not_the_spelling_of_its_path(tmp_path, mon
         cfg = compose_config("discover", ["backbone=tiny_vit", "dataset=folder", f"dataset.root={root}",
                                           "logger=none"], tmp_path / "out")
         kwargs = pipeline_kwargs(cfg, tmp_path / "out")
-        assert kwargs["run_settings"]["dataset"]["root"] == kwargs["settings"]["dataset"]["root"]
+        assert kwargs["run_dir"].settings["dataset"]["root"] == kwargs["settings"]["dataset"]["root"]
         return settings_key(kwargs["settings"])
 
     relative = key(tmp_path / "a", "photos")

@@ -94,17 +94,17 @@ def test_vectorised_affinity_equals_the_naive_double_loop(kind, debias, knn, thr
 def test_remove_key_bias_subtracts_the_bias_and_needs_it():
     feats, _ = _patch_colours(1, grid=4)
     bias = torch.full((feats.shape[1],), 5.0)
-    raw = Affinity(kind="binary", debias="none")(feats + bias)
-    fixed = Affinity(kind="binary", debias="remove_key_bias")(feats + bias, key_bias=bias)
+    raw = Affinity(kind="binary", debias="none", knn=None)(feats + bias)
+    fixed = Affinity(kind="binary", debias="remove_key_bias", knn=None)(feats + bias, key_bias=bias)
     assert density(raw) == 1.0  # the degenerate complete graph of biased keys
-    assert torch.equal(fixed, Affinity(kind="binary", debias="none")(feats))
+    assert torch.equal(fixed, Affinity(kind="binary", debias="none", knn=None)(feats))
     with pytest.raises(ValueError, match="needs a ViT's key bias"):
-        Affinity(kind="binary", debias="remove_key_bias")(feats)
+        Affinity(kind="binary", debias="remove_key_bias", knn=None)(feats)
 
 
 def test_bad_affinity_settings_name_the_setting():
     with pytest.raises(ValueError, match="graph.affinity.kind='dot'"):
-        Affinity(kind="dot")
+        Affinity(kind="dot", knn=None)
     with pytest.raises(ValueError, match="graph.affinity.knn=0"):
         Affinity(knn=0)
 
@@ -115,7 +115,7 @@ def test_bad_affinity_settings_name_the_setting():
 def test_modularity_equals_networkx():
     feats, _ = _patch_colours(2, grid=8)
     graph = Affinity(kind="cosine", debias="center", knn=6).graph(feats)
-    labels = Louvain("igraph")(graph)
+    labels = Louvain("igraph", resolution=1.0)(graph)
     g = nx.from_numpy_array(graph.dense())
     parts = [set(np.flatnonzero(labels == c)) for c in np.unique(labels)]
     for gamma in (0.5, 1.0, 2.0):
@@ -127,9 +127,9 @@ def test_modularity_equals_networkx():
 def test_fast_backends_match_the_reference_modularity_on_real_patch_graphs(index):
     feats, _ = _patch_colours(index, grid=16)
     graph = Affinity(kind="cosine", debias="center", knn=10).graph(feats)
-    reference = modularity(graph, Louvain("python-louvain", seed=0)(graph))
+    reference = modularity(graph, Louvain("python-louvain", resolution=1.0, seed=0)(graph))
     for backend in ("igraph", "leiden"):
-        q = modularity(graph, Louvain(backend, seed=0)(graph))
+        q = modularity(graph, Louvain(backend, resolution=1.0, seed=0)(graph))
         assert q >= 0.98 * reference, (backend, q, reference)
 
 
@@ -137,8 +137,8 @@ def test_fast_backends_match_the_reference_modularity_on_real_patch_graphs(index
 def test_louvain_is_seeded_and_deterministic(backend):
     feats, _ = _patch_colours(4, grid=12)
     graph = Affinity(kind="cosine", debias="center", knn=8).graph(feats)
-    first = Louvain(backend, seed=3)(graph)
-    assert np.array_equal(first, Louvain(backend, seed=3)(graph))
+    first = Louvain(backend, resolution=1.0, seed=3)(graph)
+    assert np.array_equal(first, Louvain(backend, resolution=1.0, seed=3)(graph))
     assert first.min() == 0 and set(np.unique(first)) == set(range(first.max() + 1))
 
 
@@ -154,16 +154,16 @@ def test_higher_resolution_gives_more_communities():
 def test_dense_graphs_built_from_their_matrix_give_the_edge_lists_communities(backend, kind):
     """Dense graphs go to igraph as one matrix (fast), sparse ones as edge lists: same communities."""
     feats, _ = _patch_colours(1, grid=16)
-    graph = Affinity(kind=kind, debias="center")(feats)
+    graph = Affinity(kind=kind, debias="center", knn=None)(feats)
     dense = PatchGraph.from_dense(graph)
     assert dense.matrix is not None and dense.density > DENSE_BUILD and dense.binary == (kind == "binary")
     edge_list = PatchGraph(dense.num_nodes, dense.edges, dense.weights)
     for seed in (0, 1):
-        assert np.array_equal(Louvain(backend, seed=seed)(dense), Louvain(backend, seed=seed)(edge_list))
+        assert np.array_equal(Louvain(backend, resolution=1.0, seed=seed)(dense), Louvain(backend, resolution=1.0, seed=seed)(edge_list))
 
 
 def test_graph_without_edges_gives_singletons():
-    labels = Louvain("igraph")(PatchGraph(4, np.zeros((0, 2), dtype=np.int64), np.zeros(0)))
+    labels = Louvain("igraph", resolution=1.0)(PatchGraph(4, np.zeros((0, 2), dtype=np.int64), np.zeros(0)))
     assert labels.tolist() == [0, 1, 2, 3]
 
 
@@ -211,7 +211,7 @@ def test_regions_of_at_most_min_patches_are_invalid():
 
 
 def _tiny_decomposer(**graph) -> SceneDecomposer:
-    return SceneDecomposer(Affinity(kind="cosine", debias="center", knn=8), Louvain("igraph"), **graph)
+    return SceneDecomposer(Affinity(kind="cosine", debias="center", knn=8), Louvain("igraph", resolution=1.0), **graph)
 
 
 def test_decomposition_of_a_real_photo_is_consistent():
@@ -307,7 +307,7 @@ class _FailsOn(SceneDecomposer):
     """A decomposer that fails on one image (it runs in discovery's background thread)."""
 
     def __init__(self, stem_index: int) -> None:
-        super().__init__(Affinity(kind="cosine", debias="center", knn=8), Louvain("igraph"))
+        super().__init__(Affinity(kind="cosine", debias="center", knn=8), Louvain("igraph", resolution=1.0))
         self.calls, self.fail_at = 0, stem_index
 
     def __call__(self, *args, **kwargs):
@@ -386,10 +386,10 @@ def test_paper_graph_is_degenerate_on_dinov2_keys_and_the_named_fix_repairs_it(p
     item = DemoImages(transform=ResizeForBackbone(224, 14, mode="square"))[0]
     out = packaged_dinov2(packaged_dinov2.normalize(item["image"][None]))
     keys = out.keys[0]
-    assert density(Affinity(kind="binary", debias="none")(keys)) == 1.0
-    fixed = Affinity(kind="binary", debias="remove_key_bias")(keys, key_bias=packaged_dinov2.key_bias())
+    assert density(Affinity(kind="binary", debias="none", knn=None)(keys)) == 1.0
+    fixed = Affinity(kind="binary", debias="remove_key_bias", knn=None)(keys, key_bias=packaged_dinov2.key_bias())
     assert 0.2 < density(fixed) < 0.9
-    assert 0.2 < density(Affinity(kind="binary", debias="center")(keys)) < 0.9
+    assert 0.2 < density(Affinity(kind="binary", debias="center", knn=None)(keys)) < 0.9
 
 
 @pytest.mark.slow
@@ -401,7 +401,7 @@ def test_backends_agree_in_modularity_on_dinov2_patch_graphs(packaged_dinov2, ca
         out = packaged_dinov2(packaged_dinov2.normalize(data[index]["image"][None]))
         graph = Affinity(kind="cosine", debias="center", knn=10).graph(out.keys[0])
         reference = modularity(graph, Louvain("python-louvain")(graph))
-        assert modularity(graph, Louvain("igraph")(graph)) >= 0.98 * reference
+        assert modularity(graph, Louvain("igraph", resolution=1.0)(graph)) >= 0.98 * reference
 
 
 @pytest.mark.slow
@@ -411,12 +411,12 @@ def test_paper_graph_communities_as_good_as_the_authors_library(packaged_dinov2,
     from datus.data import CamVid
 
     data = CamVid(camvid_root, "val", transform=ResizeForBackbone(224, 14, mode="square"))
-    affinity = Affinity(kind="binary", debias="remove_key_bias")
+    affinity = Affinity(kind="binary", debias="remove_key_bias", knn=None)
     ours, reference = [], []
     for index in (0, 30, 60, 90):
         out = packaged_dinov2(packaged_dinov2.normalize(data[index]["image"][None]))
         graph = affinity.graph(out.keys[0], packaged_dinov2.key_bias())
         assert graph.num_nodes == 256 and graph.density > DENSE_BUILD and graph.binary
-        ours.append(modularity(graph, Louvain("igraph")(graph)))
+        ours.append(modularity(graph, Louvain("igraph", resolution=1.0)(graph)))
         reference.append(modularity(graph, Louvain("python-louvain")(graph)))
     assert np.mean(ours) >= 0.99 * np.mean(reference), (ours, reference)

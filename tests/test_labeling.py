@@ -18,7 +18,7 @@ from datus.discovery import Affinity, Louvain, RunConflictError, SceneDecomposer
 from datus.labeling import KMeans, Labeler, segment_crops
 from datus.masks import upsample_labels
 from datus.methods import Datus, KMeansPatches
-from datus.pipeline import run_pipeline
+from datus.pipeline import Passes, RunDir, run_pipeline
 from datus.transforms import ResizeForBackbone
 from tests.conftest import perturbed_tiny_vit
 
@@ -28,13 +28,15 @@ def _trainer():
                       enable_model_summary=False)
 
 
-def _run(out, backbone, dataset, method="datus", labeling=None, shard_index=0, shard_count=1, **kw):
+def _run(out, backbone, dataset, method="datus", labeling=None, shard_index=0, shard_count=1, cache_dir=None,
+         run_settings=None, overwrite=False, **kw):
     """run_pipeline with the objects discover.py's config builds (conf/method, conf/labeling)."""
-    decomposer = SceneDecomposer(Affinity(kind="cosine", debias="center", knn=8), Louvain("igraph"), min_patches=2)
+    decomposer = SceneDecomposer(Affinity(kind="cosine", debias="center", knn=8), Louvain("igraph", resolution=1.0), min_patches=2)
     methods = {"datus": lambda: Datus(decomposer=decomposer), "kmeans_patches": KMeansPatches}
     return run_pipeline(methods[method](), labeler=Labeler(**labeling), backbone=backbone, dataset=dataset,
-                        make_trainer=_trainer, out_dir=out, batch_size=2, num_workers=0, shard_size=256,
-                        num_pictures=8, shard=(shard_index, shard_count), **kw)
+                        passes=Passes(_trainer, batch_size=2, num_workers=0, shard_size=256, cache_dir=cache_dir),
+                        run_dir=RunDir(Path(out), settings=run_settings, overwrite=overwrite, num_pictures=8),
+                        shard=(shard_index, shard_count), **kw)
 
 
 def _pipeline(out, dataset=None, backbone=None, k=4, segment_features="mean", fill=True, weighted=False, **kw):
@@ -160,7 +162,7 @@ def test_kmeans_patches_baseline_writes_the_same_format(tmp_path):
 def test_kmeans_uses_every_point_and_refuses_bad_k():
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(c, 0.05, size=(3000, 8)) for c in (-1, 0, 1)]).astype(np.float32)
-    km = KMeans(3, seed=0, spherical=False).fit(x)
+    km = KMeans(3, seed=0, spherical=False, center=False, overcluster=1).fit(x)
     assert km.points_used == len(x)  # faiss would subsample to 256 * k = 768 by default
     labels = km.predict(x)
     assert len(set(labels[:3000])) == len(set(labels[3000:6000])) == len(set(labels[6000:])) == 1
@@ -194,9 +196,9 @@ def test_overclustering_then_merging_keeps_a_small_class_that_kmeans_merges_away
     def pure(labels):  # every class has its own label and no label spans two classes
         return all(len(set(labels[truth == c])) == 1 for c in range(3)) and len(set(labels)) == 3
 
-    plain = KMeans(3, seed=0, spherical=True).fit(x)
+    plain = KMeans(3, seed=0, spherical=True, center=False, overcluster=1).fit(x)
     assert not pure(plain.predict(x))
-    merged = KMeans(3, seed=0, spherical=True, overcluster=2).fit(x)
+    merged = KMeans(3, seed=0, spherical=True, center=False, overcluster=2).fit(x)
     labels = merged.predict(x)
     assert pure(labels)
     assert merged.centroids.shape == (3, 3) and merged.fine_centroids.shape == (6, 3)
@@ -210,7 +212,7 @@ def test_overclustering_then_merging_keeps_a_small_class_that_kmeans_merges_away
 def test_kmeans_with_pca_and_whitening_round_trips(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(500, 16)).astype(np.float32)
-    km = KMeans(4, seed=0, pca_dim=8, whiten=True).fit(x)
+    km = KMeans(4, seed=0, pca_dim=8, whiten=True, center=False, overcluster=1).fit(x)
     km.save(tmp_path / "c.npz")
     assert np.array_equal(KMeans.load(tmp_path / "c.npz").predict(x), km.predict(x))
 
@@ -244,7 +246,7 @@ def test_crops_of_a_batch_are_embedded_together_as_each_alone(all_segments):
     torch.manual_seed(0)
     backbone = build_backbone("tiny_vit")
     data = DemoImages(transform=ResizeForBackbone(64, 8))
-    decomposer = SceneDecomposer(Affinity(kind="cosine", debias="center", knn=6), Louvain("igraph"), min_patches=3)
+    decomposer = SceneDecomposer(Affinity(kind="cosine", debias="center", knn=6), Louvain("igraph", resolution=1.0), min_patches=3)
     items, records = [data[i] for i in range(4)], {}
     for item in items:
         out = backbone(backbone.normalize(item["image"][None]))

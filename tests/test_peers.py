@@ -107,7 +107,7 @@ def test_one_em_step_on_real_features_lowers_the_loss_and_the_teacher_moves_by_t
     rows = torch.cat([f.flatten(1).T for f, _ in batch]).numpy()
     from datus.labeling import KMeans
 
-    centroids = KMeans(3, seed=0, spherical=True).fit(rows).centroids
+    centroids = KMeans(3, seed=0, spherical=True, center=False, overcluster=1).fit(rows).centroids
     module = PriMaPsModule(torch.from_numpy(centroids), decay=0.98, lr=5e-3, gamma=2.0, flip=False)
     targets = [module.pseudo_labels(f, p) for f, p in batch]
     assert all(set(t.unique().tolist()) <= {0, 1, 2, BACKGROUND} for t in targets)

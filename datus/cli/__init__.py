@@ -5,7 +5,8 @@ and the module commands (``python -m datus.viz|bench``) do.
 """
 
 from datus.cli.errors import run_command, user_error
-from datus.cli.hydra import finish_loggers, instantiate_loggers, register_resolvers, seed_everything
+from datus.cli.loggers import finish_loggers, instantiate_loggers
+from datus.cli.setup import register_resolvers, seed_everything
 
 __all__ = ["finish_loggers", "instantiate_loggers", "register_resolvers", "run_command", "seed_everything",
            "user_error"]

@@ -14,7 +14,7 @@ def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
     """``conf/<config_name>.yaml`` with ``overrides``, resolvable outside a Hydra app."""
     from hydra import compose, initialize_config_dir
 
-    from datus.cli.hydra import register_resolvers
+    from datus.cli.setup import register_resolvers
 
     register_resolvers()
     if not CONF_DIR.is_dir():

@@ -18,7 +18,7 @@ from datus.backbones.weights import WeightsError
 from datus.runs import RunConflictError
 from datus.shards import DamagedShardError
 
-__all__ = ["DEBUG_VARIABLE", "user_error", "run_command"]
+__all__ = ["DEBUG_VARIABLE", "error_line", "user_error", "run_command"]
 
 #: The environment variable that shows the full traceback of every error.
 DEBUG_VARIABLE = "DATUS_DEBUG"
@@ -55,6 +55,28 @@ def _message(err: BaseException) -> str:
     return text
 
 
+#: Failed jobs of this process's Hydra run or multirun (``(overrides, error line)``), recorded by
+#: :class:`datus.cli.multirun.ReportFailures`: Hydra raises the first failure only, so all are listed here.
+FAILED_JOBS: list[tuple[str, str]] = []
+#: Set when a multirun starts (its failures are listed by job).
+MULTIRUN: list[bool] = []
+
+
+def _failed_jobs_message() -> str | None:
+    if not MULTIRUN or not FAILED_JOBS:
+        return None
+    lines = "\n".join(f"  {overrides or '(no overrides)'}: {line}" for overrides, line in FAILED_JOBS)
+    return f"{len(FAILED_JOBS)} job(s) of the multirun failed (the others' outputs are kept):\n{lines}"
+
+
+def error_line(err: BaseException) -> str:
+    """One line for ``err``: ``error: <message>`` for a user error, else its type and message (a bug)."""
+    found = user_error(err)
+    if found is not None:
+        return f"error: {_message(found)}"
+    return f"{type(err).__name__}: {err}".splitlines()[0] if str(err) else type(err).__name__
+
+
 def _debugging() -> bool:
     return bool(os.environ.get(DEBUG_VARIABLE)) or (
         bool(os.environ.get("HYDRA_FULL_ERROR")) and not os.environ.get(_OWNED))
@@ -83,6 +105,11 @@ def run_command(main: Callable[[], Any]) -> Any:
     try:
         return main()
     except Exception as err:  # noqa: BLE001 - re-raised unless it is the user's to fix
+        listed = _failed_jobs_message()
+        if listed is not None:  # a multirun: every failed job, not only the one Hydra raised
+            print(f"{listed}\n(each job's error is also in its folder's log and failed.json; set {DEBUG_VARIABLE}=1 "
+                  "to see the tracebacks)", file=sys.stderr)
+            raise SystemExit(1) from None
         found = user_error(err)
         if found is not None:
             line = f"error: {_message(found)}"

@@ -8,27 +8,27 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from datus.cli.hydra import instantiate_loggers, seed_everything
-from datus.features import FeatureCache
+from datus.cli.build import feature_cache, postprocessor
+from datus.cli.loggers import check_loggers, finish_loggers, instantiate_loggers
+from datus.cli.setup import seed_everything
+from datus.cli.signals import exit_on_sigterm
 from datus.refine.data import pseudo_mask_folder
 from datus.refine.run import run_refinement
-from datus.runs import resolve_files
+from datus.runs import hold_run_dir, resolve_files
 from datus.training import AtomicCheckpointIO, RandomStateCheckpoint
 
 log = logging.getLogger(__name__)
 
 
-def feature_cache(cfg: DictConfig, out_dir: Path) -> FeatureCache:
-    """Where heads on frozen features keep their feature maps: ``cache_dir`` (or the run dir)."""
-    # every image, whatever the training does (fast_dev_run runs one batch)
-    make_trainer = lambda: instantiate(cfg.trainer, logger=False, fast_dev_run=False)  # noqa: E731
-    return FeatureCache(cfg.get("cache_dir"), out_dir, make_trainer=make_trainer,
-                        batch_size=cfg.batch_size, num_workers=cfg.num_workers)
-
-
-def postprocessor(cfg: DictConfig):
-    """The ``postprocess`` object (e.g. the dense CRF), or None."""
-    return instantiate(cfg.postprocess) if cfg.get("postprocess") else None
+def train_from_config(cfg: DictConfig) -> float | None:
+    """train.py: refine, log, return the best validation mIoU (None without validation)."""
+    exit_on_sigterm("rerun with ckpt_path=last to resume")
+    check_loggers(cfg.get("logger"))  # W&B without a key or network: offline, decided now
+    with hold_run_dir(cfg.paths.output_dir):  # one run per folder, for the run's whole life
+        loggers = instantiate_loggers(cfg.logger)
+        history = refine_from_config(cfg, loggers=loggers)
+        finish_loggers(loggers)
+    return history[-1].get("best_val_miou")
 
 
 def refine_from_config(cfg: DictConfig, loggers: list | None = None) -> list[dict]:

@@ -25,6 +25,8 @@ from datus.data.files import format_names
 from datus.data.io import (
     DEFAULT_MAX_PIXELS,
     check_max_pixels,
+    image_header,
+    orient,
     read_image,
     read_label_image,
 )
@@ -40,6 +42,31 @@ log = logging.getLogger(__name__)
 #: refuse the dataset listing every such pair, resize the mask to the photo (nearest neighbour:
 #: labels are never interpolated), or leave those images out of evaluation (all their pixels void).
 MASK_SIZE_MISMATCH = ("error", "resize", "skip")
+#: Which pixels a label mask was drawn on when its photo carries an EXIF orientation (``dataset.exif``):
+#: ``error`` refuses the photos for which the files cannot tell (flips, 180°, square photos) and names
+#: the setting; ``displayed``: the photo as displayed (turned by its EXIF orientation), the mask as
+#: stored; ``stored``: the photo's stored pixels, so each mask is turned as its photo is.
+EXIF_MASKS = ("error", "displayed", "stored")
+#: Label files in these formats lose label values along every edge (lossy compression): refused.
+LOSSY_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
+_TURNS = {2: "mirrored", 3: "rotated 180°", 4: "flipped upside down", 5: "mirrored and rotated 90°",
+          6: "rotated 90° clockwise", 7: "mirrored and rotated 90°", 8: "rotated 90° counter-clockwise"}
+
+
+def lossy_label_file(path: Path) -> bool:
+    """Whether ``path`` holds lossy-compressed pixels (JPEG by its name, WebP unless its first chunk is
+    the lossless ``VP8L``): a label map stored so has wrong values along every edge."""
+    suffix = path.suffix.lower()
+    if suffix in LOSSY_SUFFIXES:
+        return True
+    if suffix != ".webp":
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return False  # unreadable: reported when read
+    return b"VP8L" not in head
 
 Transform = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -66,6 +93,9 @@ class SegmentationDataset(Dataset):
     #: Whether the dataset reads every mask when built (:meth:`check_masks`), listing wrong sizes among
     #: every other bad mask; otherwise a wrong size is listed from the headers, alone.
     checks_every_mask: ClassVar[bool] = False
+    #: Whether the masks are colour codes that :meth:`_decode_mask` reads robustly from lossy files (SUIM
+    #: thresholds its codes); elsewhere a JPEG or lossy WebP label file is refused by name.
+    lossy_masks_ok: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -75,11 +105,15 @@ class SegmentationDataset(Dataset):
         transform: Transform | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         mask_size_mismatch: str = "error",
+        exif: str = "error",
     ) -> None:
         if mask_size_mismatch not in MASK_SIZE_MISMATCH:
             raise DatasetError(f"dataset.mask_size_mismatch={mask_size_mismatch!r}: choose one of "
                                f"{', '.join(MASK_SIZE_MISMATCH)}")
+        if exif not in EXIF_MASKS:
+            raise DatasetError(f"dataset.exif={exif!r}: choose one of {', '.join(EXIF_MASKS)}")
         self.mask_size_mismatch = mask_size_mismatch
+        self.exif = exif
         self.root = Path(root).expanduser()
         self.split = str(split)
         self.classes = tuple(str(c) for c in classes)
@@ -102,24 +136,61 @@ class SegmentationDataset(Dataset):
                 f"{self.name} split {self.split!r} under {self.root}: some samples have masks, others not"
             )
         self.has_masks = with_mask > 0
+        self._check_mask_formats()
         self._check_mask_sizes()
+
+    def _check_mask_formats(self) -> None:
+        """Refuse label masks stored in a lossy format, every one named (the photos may be JPEG)."""
+        if not self.has_masks or self.lossy_masks_ok:
+            return
+        lossy = [str(s.mask) for s in self.samples if lossy_label_file(s.mask)]
+        if lossy:
+            raise MaskError(f"{len(lossy)} of {len(self.samples)} label masks of {self.name} split {self.split!r} are "
+                            f"stored in a lossy format (JPEG or lossy WebP), which changes label values along every "
+                            f"edge: {format_names(lossy, 5)}; save the label maps losslessly (PNG; the photos may "
+                            "stay JPEG)")
 
     def _check_mask_sizes(self) -> None:
         """Compare every mask's size with its photo's, from the files' headers (no pixel decoded), and
         act on ``mask_size_mismatch``: ``error`` lists every such pair in one :class:`MaskError`."""
         #: ``{"stem", "mask", "image", "mask_size", "image_size"}`` (sizes as "WxH") of every mismatched pair
         self.mismatched_masks: list[dict[str, str]] = []
+        #: stem -> EXIF orientation of the photos that carry one (``dataset.exif=stored`` turns their masks)
+        self._orientation: dict[str, int] = {}
+        self._mismatched: set[str] = set()
         if not self.has_masks:
             return
+        unclear = []
         for sample in self.samples:
             try:
-                image, mask = header_size(sample.image), self._mask_size(sample.mask)
+                h, w, orientation = image_header(sample.image)
+                mask = self._mask_size(sample.mask)
             except ImageReadError:
                 continue  # an unreadable image is skipped and named when read; a bad mask stops the run there
+            image = (w, h) if orientation in (5, 6, 7, 8) else (h, w)  # as displayed
+            if orientation != 1:
+                self._orientation[sample.stem] = orientation
+                turned = f"{sample.image} (EXIF orientation {orientation}: displayed {_TURNS.get(orientation, 'turned')})"
+                if self.exif == "stored":
+                    image = (h, w)  # the mask is turned with its photo when read
+                elif self.exif == "error" and (orientation in (5, 6, 7, 8) and h != w and mask == (h, w)):
+                    unclear.append(f"{turned}: its mask {sample.mask} has the stored pixels' size, "
+                                   f"{w}x{h}, not the displayed photo's")
+                    continue
+                elif self.exif == "error" and not (orientation in (5, 6, 7, 8) and h != w and mask == image):
+                    unclear.append(f"{turned}: whether its mask {sample.mask} was drawn on the displayed photo "
+                                   "or on its stored pixels cannot be told from their sizes")
+                    continue
             if image != mask:
                 self.mismatched_masks.append({"stem": sample.stem, "mask": str(sample.mask), "image": str(sample.image),
                                               "mask_size": f"{mask[1]}x{mask[0]}", "image_size": f"{image[1]}x{image[0]}"})
         self._mismatched = {entry["stem"] for entry in self.mismatched_masks}
+        if unclear:
+            raise MaskError(f"{len(unclear)} photos of {self.name} split {self.split!r} carry an EXIF orientation and "
+                            "have label masks:\n  " + "\n  ".join(unclear[:10])
+                            + (f"\n  ... ({len(unclear) - 10} more)" if len(unclear) > 10 else "")
+                            + "\nset dataset.exif=displayed (the masks were drawn on the photos as displayed) or "
+                            "dataset.exif=stored (on their stored pixels: each mask is turned as its photo is)")
         if not self.mismatched_masks:
             return
         count = f"{len(self.mismatched_masks)} of {len(self.samples)} masks of {self.name} split {self.split!r}"
@@ -194,6 +265,8 @@ class SegmentationDataset(Dataset):
         try:
             raw = self._read_raw_mask(sample.mask)
             mask = np.asarray(self._decode_mask(raw, sample.mask)).astype(np.int64, copy=False)
+            if self.exif == "stored" and sample.stem in self._orientation:
+                mask = orient(mask, self._orientation[sample.stem])  # drawn on the stored pixels
         except MaskError:
             raise
         except DatasetError as err:  # unreadable file, colour-coded mask, void value clash

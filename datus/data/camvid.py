@@ -38,10 +38,10 @@ class CamVid(SegmentationDataset):
     things = CAMVID_THINGS
 
     def __init__(self, root: str | os.PathLike[str], split: str = "train", transform: Transform | None = None,
-                 mask_size_mismatch: str = "error") -> None:
+                 mask_size_mismatch: str = "error", exif: str = "error") -> None:
         if split not in _SPLITS:
             raise DatasetError(f"dataset.split={split!r} is not a CamVid split; use one of {', '.join(_SPLITS)}")
-        super().__init__(root, split, CAMVID_CLASSES, transform, mask_size_mismatch=mask_size_mismatch)
+        super().__init__(root, split, CAMVID_CLASSES, transform, mask_size_mismatch=mask_size_mismatch, exif=exif)
 
     def _find_samples(self) -> list[Sample]:
         root = require_dir(self.root, "dataset.root")

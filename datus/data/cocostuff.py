@@ -135,12 +135,12 @@ class CocoStuff27(SegmentationDataset):
         split: str = "val",
         image_list: str | os.PathLike[str] | None = None,
         transform: Transform | None = None,
-        mask_size_mismatch: str = "error",
+        mask_size_mismatch: str = "error", exif: str = "error",
     ) -> None:
         if split not in _SPLITS:
             raise DatasetError(f"dataset.split={split!r} is not a COCO-Stuff split; use one of {', '.join(_SPLITS)}")
         self.image_list = None if image_list is None else self._resolve_list(Path(root).expanduser(), split, image_list)
-        super().__init__(root, split, COCOSTUFF27_CLASSES, transform, mask_size_mismatch=mask_size_mismatch)
+        super().__init__(root, split, COCOSTUFF27_CLASSES, transform, mask_size_mismatch=mask_size_mismatch, exif=exif)
 
     @staticmethod
     def _resolve_list(root: Path, split: str, image_list: str | os.PathLike[str]) -> Path:

@@ -62,12 +62,13 @@ class ImageFolder(SegmentationDataset):
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         transform: Transform | None = None,
         mask_size_mismatch: str = "error",
+        exif: str = "error",
     ) -> None:
         if not isinstance(ignore_index, int) or not 0 <= ignore_index <= 65535:
             raise DatasetError(f"dataset.ignore_index={ignore_index!r} must be a non-negative integer")
         self.file_ignore_index = ignore_index
         super().__init__(root, split, _class_names(num_classes, class_names), transform, max_pixels,
-                         mask_size_mismatch)
+                         mask_size_mismatch, exif)
         if self.has_masks and self.num_classes == 0:
             raise DatasetError(
                 f"{self.root / self.split / 'true_masks'} holds masks, so set dataset.num_classes "

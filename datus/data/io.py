@@ -151,6 +151,13 @@ def read_label_image(path: str | os.PathLike[str]) -> np.ndarray:
 def image_size(path: str | os.PathLike[str], exif: bool = True) -> tuple[int, int]:
     """Return (H, W) of an image from its header, without decoding pixels (EXIF rotation applied
     unless ``exif=False``: label files are read unrotated)."""
+    h, w, orientation = image_header(path, exif=exif)
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def image_header(path: str | os.PathLike[str], exif: bool = True) -> tuple[int, int, int]:
+    """``(H, W, EXIF orientation)`` of the stored pixels, from the header (orientation 1 when
+    ``exif=False`` or none is stored; 5-8 swap height and width when displayed)."""
     path = Path(path)
     try:
         if path.is_file() and path.stat().st_size == 0:
@@ -164,7 +171,16 @@ def image_size(path: str | os.PathLike[str], exif: bool = True) -> tuple[int, in
         raise
     except _READ_ERRORS as e:
         raise ImageReadError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
-    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+    return h, w, int(orientation)
+
+
+def orient(array: np.ndarray, orientation: int) -> np.ndarray:
+    """``array`` (H, W, ...) turned as EXIF ``orientation`` turns a photo for display (PIL's
+    ``exif_transpose``): what a label map drawn on the stored pixels needs to match the displayed photo."""
+    ops = {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
+           8: lambda a: np.rot90(a, 1)}
+    return np.ascontiguousarray(ops.get(int(orientation), ops[1])(array))
 
 
 def _png_has_exif(path: Path) -> bool:

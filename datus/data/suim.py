@@ -50,6 +50,7 @@ class SUIM(SegmentationDataset):
     """SUIM with ``classes="coarse"`` (6 classes, as in DatUS) or ``"fine"`` (the 8 SUIM codes)."""
 
     name = "suim"
+    lossy_masks_ok = True  # colour codes, each channel thresholded at 128 (:meth:`_decode_mask`)
 
     def __init__(
         self,
@@ -57,7 +58,7 @@ class SUIM(SegmentationDataset):
         split: str = "train_val",
         classes: str = "coarse",
         transform: Transform | None = None,
-        mask_size_mismatch: str = "error",
+        mask_size_mismatch: str = "error", exif: str = "error",
     ) -> None:
         if classes not in _CLASS_SETS:
             raise DatasetError(
@@ -67,7 +68,7 @@ class SUIM(SegmentationDataset):
             raise DatasetError(f"dataset.split={split!r} is not a SUIM split; use one of {', '.join(_SPLITS)}")
         self.class_set = classes
         self._lut = _LUTS[classes]
-        super().__init__(root, split, _CLASS_SETS[classes], transform, mask_size_mismatch=mask_size_mismatch)
+        super().__init__(root, split, _CLASS_SETS[classes], transform, mask_size_mismatch=mask_size_mismatch, exif=exif)
 
     def _find_samples(self) -> list[Sample]:
         split_dir = require_dir(self.root, "dataset.root") / self.split

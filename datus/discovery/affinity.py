@@ -29,13 +29,13 @@ class Affinity:
     change, so this only matters with ``threshold``). ``kind="binary"``: the paper's
     ``A_ij = [f_i . f_j > 0]``. ``kind="cosine"``: cosine
     similarity, negatives set to 0. ``knn``: keep each node's k strongest edges (symmetrised
-    by union). ``threshold``: drop edges weaker than it. The diagonal is always 0.
+    by union; None: every edge, the paper's dense graph). ``threshold``: drop edges weaker than it. The diagonal is always 0.
     """
 
     kind: str = "cosine"
     debias: str = "center"
     l2_normalize: bool = False
-    knn: int | None = None
+    knn: int | None = 10
     threshold: float | None = None
 
     def __post_init__(self) -> None:

@@ -65,7 +65,7 @@ class SceneDecomposer:
         feature: str = "keys",
         min_patches: int = 5,
         connectivity: int = 8,
-        segment_feature: str = "tokens",
+        segment_feature: str = "keys",
         segment_blocks: tuple[int, ...] | list[int] = (),
     ) -> None:
         for key, value in (("feature", feature), ("segment_feature", segment_feature)):

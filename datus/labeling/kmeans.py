@@ -48,6 +48,7 @@ class KMeans:
 
     ``center`` subtracts the features' mean before the (spherical) clustering: self-supervised
     keys share a large common component (the key bias) that otherwise dominates their angles.
+    The defaults are ``conf/labeling/default.yaml``'s (``tests/test_architecture.py`` keeps them equal).
 
     faiss subsamples to ``max_points_per_centroid * k`` points by default (256 * k); here
     ``max_points_per_centroid=None`` means every point is used. ``nredo`` restarts keep the
@@ -76,11 +77,11 @@ class KMeans:
         nredo: int = 3,
         seed: int = 0,
         spherical: bool = True,
-        center: bool = False,
+        center: bool = True,
         pca_dim: int | None = None,
         whiten: bool = False,
         max_points_per_centroid: int | None = None,
-        overcluster: float = 1.0,
+        overcluster: float = 3.0,
         ensemble: int = 1,
         gpu: bool | str = "auto",
     ) -> None:

@@ -33,7 +33,7 @@ class ClusterProbe:
         """The probe trained on every row of ``patches`` (the split's per-patch features)."""
         x = F.normalize(torch.from_numpy(np.concatenate([patches[i].rows for i in sorted(patches)]).astype(np.float32)),
                         dim=1)
-        kmeans = KMeans(k, seed=seed, spherical=True)
+        kmeans = KMeans(k, seed=seed, spherical=True, center=False, overcluster=1)
         if len(x) < kmeans.k:
             raise ValueError(f"the cluster probe with k={kmeans.k} needs at least {kmeans.k} patches, got {len(x)}")
         generator = torch.Generator().manual_seed(int(seed))

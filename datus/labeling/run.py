@@ -79,44 +79,11 @@ def run_labeling(
         segments_clustered, images = 0, len(store.done_indices())
         if not images:
             raise ValueError(f"no segments in {store.folder}: run discovery first")
-    indices, stems, final = [], [], []
-    covered_strict = total = 0
-
-    def masks():  # pass 2: every image's labels and mask, streamed
-        nonlocal covered_strict, total
-        for record in store:
-            dec = record.decomposition
-            feats = features_of(record)
-            scores = kmeans.scores(feats) if len(feats) else np.zeros((0, kmeans.k), dtype=np.float32)
-            labels = scores.argmax(axis=1).astype(np.int64)
-            strict = np.where(dec.segment_valid, labels, -1)
-            chosen = labels if fill else strict
-            indices.append(record.index)
-            stems.append(record.stem)
-            final.append(chosen.astype(np.int16))
-            if fill:
-                mask = upsample_labels(patch_labels(dec.segments, strict), record.orig_size)
-                covered_strict += int((mask != UNLABELLED).sum())
-                total += mask.size
-            if scores_to_mask is None:
-                yield record.stem, patch_labels(dec.segments, chosen), record.orig_size
-                continue
-            mask = scores_to_mask(record.index, scores[dec.segments].transpose(2, 0, 1))
-            if not fill:
-                mask = np.where(upsample_labels(patch_labels(dec.segments, strict), mask.shape) == UNLABELLED,
-                                UNLABELLED, mask).astype(np.uint8)
-            yield record.stem, mask, record.orig_size
-
-    written = save_masks(out_dir, masks(), kmeans.k)
+    assigned = _LabelPass(kmeans, features_of, fill=fill, scores_to_mask=scores_to_mask)
+    written = save_masks(out_dir, assigned.masks(store), kmeans.k)
     folder = out_dir / "labeling"
     kmeans.save(folder / "centroids.npz", settings)
-    arrays = {
-        "indices": np.array(indices, dtype=np.int64),
-        "stems": np.array(stems, dtype=str),
-        "segment_offsets": np.cumsum([0] + [len(lab) for lab in final]).astype(np.int64),
-        "labels": np.concatenate(final).astype(np.int16),
-    }
-    write_npz(folder / "assignments.npz", **arrays)
+    write_npz(folder / "assignments.npz", **assigned.arrays())
     return {
         "method": "datus",
         "k": kmeans.k,
@@ -130,9 +97,58 @@ def run_labeling(
         "weighted": weighted,
         "postprocessed": scores_to_mask is not None,
         "coverage": written["coverage"],
-        "coverage_without_fill": (covered_strict / total if total else 0.0) if fill else written["coverage"],
+        "coverage_without_fill": assigned.coverage_without_fill() if fill else written["coverage"],
         "cluster_pixels": written["cluster_pixels"],
     }
+
+
+class _LabelPass:
+    """Pass 2 of :func:`run_labeling`: each image's segment labels and mask, streamed image by image;
+    keeps the labels per segment (``assignments.npz``) and the coverage ``fill`` added."""
+
+    def __init__(self, kmeans: KMeans, features_of: Callable, *, fill: bool, scores_to_mask: ScoresToMask | None):
+        self.kmeans, self.features_of, self.fill, self.scores_to_mask = kmeans, features_of, fill, scores_to_mask
+        self.indices: list[int] = []
+        self.stems: list[str] = []
+        self.labels: list[np.ndarray] = []
+        self.covered_strict = self.total = 0
+
+    def masks(self, store: SegmentStore):
+        """``(stem, mask, original size)`` per image, as :func:`datus.masks.save_masks` reads them."""
+        k = self.kmeans.k
+        for record in store:
+            dec = record.decomposition
+            feats = self.features_of(record)
+            scores = self.kmeans.scores(feats) if len(feats) else np.zeros((0, k), dtype=np.float32)
+            labels = scores.argmax(axis=1).astype(np.int64)
+            strict = np.where(dec.segment_valid, labels, -1)
+            chosen = labels if self.fill else strict
+            self.indices.append(record.index)
+            self.stems.append(record.stem)
+            self.labels.append(chosen.astype(np.int16))
+            if self.fill:
+                mask = upsample_labels(patch_labels(dec.segments, strict), record.orig_size)
+                self.covered_strict += int((mask != UNLABELLED).sum())
+                self.total += mask.size
+            if self.scores_to_mask is None:
+                yield record.stem, patch_labels(dec.segments, chosen), record.orig_size
+                continue
+            mask = self.scores_to_mask(record.index, scores[dec.segments].transpose(2, 0, 1))
+            if not self.fill:  # invalid segments stay unlabelled
+                mask = np.where(upsample_labels(patch_labels(dec.segments, strict), mask.shape) == UNLABELLED,
+                                UNLABELLED, mask).astype(np.uint8)
+            yield record.stem, mask, record.orig_size
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "indices": np.array(self.indices, dtype=np.int64),
+            "stems": np.array(self.stems, dtype=str),
+            "segment_offsets": np.cumsum([0] + [len(lab) for lab in self.labels]).astype(np.int64),
+            "labels": np.concatenate(self.labels).astype(np.int16),
+        }
+
+    def coverage_without_fill(self) -> float:
+        return self.covered_strict / self.total if self.total else 0.0
 
 
 def _fit_segments(store: SegmentStore, kmeans: KMeans, features_of: Callable, out_dir: Path,

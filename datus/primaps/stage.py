@@ -184,7 +184,7 @@ class PriMaPs:
         for i in indices:
             fmap = np.asarray(index[i], dtype=np.float32).reshape(index[i].shape[0], -1).T
             rows.append(fmap[rng.choice(len(fmap), size=min(per_image, len(fmap)), replace=False)])
-        kmeans = KMeans(k, seed=seed, spherical=True).fit(np.concatenate(rows))
+        kmeans = KMeans(k, seed=seed, spherical=True, center=False, overcluster=1).fit(np.concatenate(rows))
         return kmeans.centroids
 
     @staticmethod

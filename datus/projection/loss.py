@@ -37,9 +37,9 @@ class CorrelationLoss:
     self_weight: float = 0.67
     knn_weight: float = 0.25
     random_weight: float = 0.63
-    self_shift: float = 0.18
-    knn_shift: float = 0.12
-    random_shift: float = 0.46
+    self_shift: float = 0.25
+    knn_shift: float = 0.2
+    random_shift: float = 0.3
     pointwise: bool = True
 
     def __call__(self, feats: Tensor, codes: Tensor, feats_knn: Tensor, codes_knn: Tensor) -> dict[str, Tensor]:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from datus.backbones import Backbone, build_backbone, get_backbone_spec
-from datus.features import FeatureCache, FeatureIndex, FeatureSpec, feature_maps, warn_without_maps
+from datus.features import FeatureCache, FeatureIndex, FeatureSpec, warn_without_maps
 from datus.io import plain
 from datus.masks import UNLABELLED, read_mask
 from datus.metrics import ClusterConfusion, check_matching
@@ -92,13 +92,6 @@ class HeadModule(pl.LightningModule):
         from datus.transforms import ResizeForBackbone
 
         return ResizeForBackbone(patch_size=self.patch_size, **self.hparams.resize)
-
-    @torch.no_grad()
-    def image_logits(self, image: Tensor) -> Tensor:
-        """``(K, h, w)`` logits on the patch grid of one ``(3, H, W)`` uint8 image (resized for the backbone)."""
-        item = self.resizer()({"image": image})
-        fmap = feature_maps(self.backbone(), item["image"][None], self.spec)
-        return self(fmap.to(self.device))[0]
 
     def feature_index(self, dataset, cache: FeatureCache) -> FeatureIndex:
         """The cached feature maps of ``dataset`` for this head's backbone, resize and features."""

@@ -1,4 +1,4 @@
-"""Glue between Hydra configs and Lightning objects, used only by the entry points.
+"""Process setup for the entry points: config resolvers, seeds, quiet libraries.
 
 Nothing happens on import: each entry point (and the tests' conftest) calls
 :func:`register_resolvers` before composing a config.
@@ -10,8 +10,7 @@ import logging
 from pathlib import Path
 
 import pytorch_lightning as pl
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 
 class _DropAdvertising(logging.Filter):
@@ -20,28 +19,6 @@ class _DropAdvertising(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(("💡 Tip", "TPU available", "HPU available", "IPU available"))
-
-
-
-
-def instantiate_loggers(cfg: DictConfig | None) -> list:
-    """Build every logger under the ``logger`` group (a dict of ``_target_`` nodes)."""
-    if not cfg:
-        return []
-    return [instantiate(node) for node in cfg.values() if node and "_target_" in node]
-
-
-def finish_loggers(loggers: list) -> None:
-    """Close every logger; end the W&B run so the next multirun job starts its own."""
-    for logger in loggers:
-        finalize = getattr(logger, "finalize", None)
-        if finalize:
-            finalize("success")
-        if type(logger).__name__ == "WandbLogger":
-            import wandb
-
-            if wandb.run is not None:
-                wandb.finish()
 
 
 def seed_everything(seed: int | None) -> None:
