@@ -1,6 +1,6 @@
 """Bad input, one table: every kind of broken or odd file and bad setting, with its documented outcome.
 
-Files (README "Bad input"): each case is *converted* (read as 8-bit RGB), *skipped* (discover.py
+Files (docs/robustness.md "Bad input"): each case is *converted* (read as 8-bit RGB), *skipped* (discover.py
 goes on and names the file and the reason in summary.json) or an *error* when the dataset is
 built, before any work. Settings: a bad value fails before the backbone is built or an image
 is read, with a message naming the setting. Photos are real (scikit-image's, via DemoImages).

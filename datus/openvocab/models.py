@@ -28,7 +28,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SAM_MEAN = (123.675, 116.28, 103.53)
 SAM_STD = (58.395, 57.12, 57.375)
 #: Where the README says how to make each file on a machine with network.
-EXPORT_HELP = 'see README "Open vocabulary: getting the models" for the export commands'
+EXPORT_HELP = 'see docs/open_vocabulary.md "getting the models" for the export commands'
 
 
 class ModelFileError(ValueError):
