@@ -223,11 +223,15 @@ def test_ctrl_c_in_evaluate_ends_in_one_line_with_status_130(camvid_root, tmp_pa
                              "dataset.split=train", f"masks={camvid_root / 'trainannot'}", "k=12", "logger=none",
                              f"hydra.run.dir={tmp_path / 'eval'}"],
                             cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    time.sleep(12)  # imports, then into the evaluation of 367 masks
+    seen = []
+    while (line := proc.stdout.readline()) and "scoring" not in line:  # into the evaluation of 367 masks
+        seen.append(line)
+    time.sleep(1)
     if proc.poll() is not None:
         pytest.skip("the evaluation finished before it could be interrupted")
     proc.send_signal(signal.SIGINT)
-    output, _ = proc.communicate(timeout=120)
+    rest, _ = proc.communicate(timeout=120)
+    output = "".join(seen) + line + rest
     assert proc.returncode == 130, output[-3000:]
     assert "interrupted (Ctrl+C): stopping; finished work is kept on disk, rerun the same command" in output
     assert "Traceback" not in output and "KeyboardInterrupt" not in output

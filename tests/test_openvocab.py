@@ -58,7 +58,7 @@ def test_the_model_files_run_with_the_real_exports_signatures(model_files):
 
 
 def test_a_missing_or_wrong_model_file_is_named_with_how_to_get_it(model_files, tmp_path):
-    with pytest.raises(ModelFileError, match=r"method.clip_image=.*nowhere.onnx: no such file .*README"):
+    with pytest.raises(ModelFileError, match=r"method.clip_image=.*nowhere.onnx: no such file .*docs/open_vocabulary.md"):
         ClipImageEncoder(tmp_path / "nowhere.onnx")
     with pytest.raises(ModelFileError, match=r"method.sam_decoder is not set"):
         SamPromptDecoder(None)

@@ -77,6 +77,7 @@ def _evaluate(cfg: DictConfig) -> float:
             matching = trained  # scored as it was validated
         elif cfg.matching != trained:
             log.warning("matching=%s, but ckpt=%s was validated with matching=%s", cfg.matching, cfg.ckpt, trained)
+    log.info("scoring %s against %r (K=%s, matching=%s)", masks, dataset, k, matching)
     result, samples = evaluate_masks(dataset, masks_dir=masks, num_clusters=k, protocol=cfg.protocol,
                                      matching=matching, allow_missing=cfg.allow_missing, num_samples=cfg.num_samples)
     write_report(out_dir, result, samples, list(dataset.classes))
