@@ -52,6 +52,12 @@ def _setting(config: dict, *path: str) -> Any:
     return node
 
 
+def _config(run: Path) -> dict:
+    """The run's composed config (``.hydra/config.yaml``), or {} when it has none."""
+    path = run / ".hydra" / "config.yaml"
+    return yaml.safe_load(path.read_text()) if path.is_file() else {}
+
+
 def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """One row per ``metrics.json`` under ``sweep_dir``, sorted by backbone, method and K."""
     rows = []
@@ -59,8 +65,7 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
     for metrics_path in sorted(root.rglob("metrics.json")):
         run = metrics_path.parent
         metrics = json.loads(metrics_path.read_text())
-        config_path = run / ".hydra" / "config.yaml"
-        config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+        config = _config(run)
         rows.append({
             "run": str(run.relative_to(root)) or ".",
             "method": _method_name(run, config),
@@ -77,8 +82,7 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
         run = failed_path.parent
         if (run / "metrics.json").is_file():
             continue  # a rerun of that job succeeded
-        config_path = run / ".hydra" / "config.yaml"
-        config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+        config = _config(run)
         rows.append({"run": str(run.relative_to(root)) or ".", "method": _method_name(run, config),
                      "backbone": _backbone_name(run, config), "k": _setting(config, "k"), "miou": None,
                      "pixel_accuracy": None, "mean_f1": None, "coverage": None, "majority_miou": None,
