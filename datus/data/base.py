@@ -24,7 +24,9 @@ from datus.data.errors import DatasetError, ImageReadError, MaskError
 from datus.data.files import format_names
 from datus.data.io import (
     DEFAULT_MAX_PIXELS,
+    SWAPS_AXES,
     check_max_pixels,
+    displayed_size,
     image_header,
     orient,
     read_image,
@@ -167,18 +169,17 @@ class SegmentationDataset(Dataset):
                 mask = self._mask_size(sample.mask)
             except ImageReadError:
                 continue  # an unreadable image is skipped and named when read; a bad mask stops the run there
-            image = (w, h) if orientation in (5, 6, 7, 8) else (h, w)  # as displayed
+            image = displayed_size(h, w, orientation)
             if orientation != 1:
                 self._orientation[sample.stem] = orientation
                 turned = f"{sample.image} (EXIF orientation {orientation}: displayed {_TURNS.get(orientation, 'turned')})"
+                sizes_tell = orientation in SWAPS_AXES and h != w  # only a 90° turn of a non-square photo shows
                 if self.exif == "stored":
                     image = (h, w)  # the mask is turned with its photo when read
-                elif self.exif == "error" and (orientation in (5, 6, 7, 8) and h != w and mask == (h, w)):
-                    unclear.append(f"{turned}: its mask {sample.mask} has the stored pixels' size, "
-                                   f"{w}x{h}, not the displayed photo's")
-                    continue
-                elif self.exif == "error" and not (orientation in (5, 6, 7, 8) and h != w and mask == image):
-                    unclear.append(f"{turned}: whether its mask {sample.mask} was drawn on the displayed photo "
+                elif self.exif == "error" and not (sizes_tell and mask == image):
+                    unclear.append(f"{turned}: its mask {sample.mask} has the stored pixels' size, {w}x{h}, not the "
+                                   "displayed photo's" if sizes_tell and mask == (h, w) else
+                                   f"{turned}: whether its mask {sample.mask} was drawn on the displayed photo "
                                    "or on its stored pixels cannot be told from their sizes")
                     continue
             if image != mask:

@@ -151,8 +151,16 @@ def read_label_image(path: str | os.PathLike[str]) -> np.ndarray:
 def image_size(path: str | os.PathLike[str], exif: bool = True) -> tuple[int, int]:
     """Return (H, W) of an image from its header, without decoding pixels (EXIF rotation applied
     unless ``exif=False``: label files are read unrotated)."""
-    h, w, orientation = image_header(path, exif=exif)
-    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+    return displayed_size(*image_header(path, exif=exif))
+
+
+#: EXIF orientations that turn a photo by 90° for display (its height and width swap).
+SWAPS_AXES = (5, 6, 7, 8)
+
+
+def displayed_size(h: int, w: int, orientation: int) -> tuple[int, int]:
+    """(H, W) of stored pixels of size ``h x w`` once turned by EXIF ``orientation`` for display."""
+    return (w, h) if orientation in SWAPS_AXES else (h, w)
 
 
 def image_header(path: str | os.PathLike[str], exif: bool = True) -> tuple[int, int, int]:
