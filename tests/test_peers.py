@@ -27,6 +27,7 @@ from datus.primaps import (
     majority_vote,
     median_filter,
     principal_masks,
+    vote_kept,
 )
 from datus.transforms import ResizeForBackbone
 from tests.conftest import PROJECT_ROOT, run_discover
@@ -87,6 +88,17 @@ def test_majority_vote_gives_each_proposal_its_most_frequent_label():
     assert voted.tolist() == [[0, 0, 0, 2], [0, 2, 2, 2], [BACKGROUND, BACKGROUND, 2, 2]]
     tie = majority_vote(torch.tensor([[1, 2]]), torch.tensor([[0, 0]], dtype=torch.uint8), k=3)
     assert tie.tolist() == [[1, 1]]  # ties: the smallest label
+
+
+def test_vote_kept_measures_what_coarse_proposals_take_from_a_labelling():
+    labels = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 2, 2]])
+    fine = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 2, BACKGROUND]], dtype=torch.uint8)
+    kept, inside, pixels = vote_kept(labels, fine, k=3)
+    assert (kept, inside, pixels.tolist()) == (11, 11, [4, 4, 3])  # proposals within labels: nothing lost
+    coarse = torch.tensor([[0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]], dtype=torch.uint8)
+    kept, inside, pixels = vote_kept(labels, coarse, k=3)
+    # the first proposal spans labels 0 and 1 (4 pixels each): the vote keeps label 0's, label 1 loses every pixel
+    assert (kept, inside, pixels.tolist()) == (8, 12, [8, 0, 4])
 
 
 # ------------------------------------------------------------------------------ EM
@@ -161,6 +173,8 @@ def test_peer_methods_run_end_to_end_and_rerun_from_the_cache(tmp_path, photos, 
     assert _outputs(tmp_path / "none") != _outputs(tmp_path / "crf")  # the CRF changes the masks
     if method == "primaps":
         assert first["primaps"]["trained_this_run"] is True and first["primaps"]["proposals_per_image"] >= 1
+        vote = first["primaps"]["start_vote"]
+        assert 0 < vote["kept"] <= 1 and 1 <= vote["clusters_voted"] <= vote["k"] == 3
     run_discover(tmp_path / "again", [*common, "postprocess=none"])
     again = json.loads((tmp_path / "again" / "summary.json").read_text())
     if method == "primaps":

@@ -113,3 +113,14 @@ def majority_vote(labels: Tensor, proposals: Tensor, k: int) -> Tensor:
     winner = votes.argmax(axis=1)  # first maximum: the smallest label on ties
     voted = np.where(inside, winner[np.minimum(ids, count - 1)], BACKGROUND)
     return torch.from_numpy(voted).to(labels.device)
+
+
+def vote_kept(labels: Tensor, proposals: Tensor, k: int) -> tuple[int, int, np.ndarray]:
+    """What the majority vote keeps of a labelling: ``(pixels inside proposals whose label it keeps, pixels
+    inside proposals, (K,) pixels per label after the vote)``. A proposal that spans several labels keeps
+    only its majority's pixels, so coarse proposals show as a low first/second ratio and as labels left
+    with no pixel, which the EM can then never learn. No ground truth is read."""
+    voted = majority_vote(labels, proposals, k)
+    inside = voted != BACKGROUND
+    kept = int((voted[inside] == labels[inside]).sum())
+    return kept, int(inside.sum()), np.bincount(voted[inside].cpu().numpy(), minlength=k)[:k]

@@ -25,7 +25,7 @@ from datus.backbones import Backbone
 from datus.features import FeatureCache, FeatureIndex, FeatureSpec, dataset_identity
 from datus.io import file_digest
 from datus.primaps.em import PriMaPsModule, Prototypes, check_decay
-from datus.primaps.proposals import check_threshold, median_filter, principal_masks, proposal_map
+from datus.primaps.proposals import check_threshold, median_filter, principal_masks, proposal_map, vote_kept
 from datus.shards import ArrayStore
 from datus.training import load_artefact, save_artefact
 
@@ -114,7 +114,7 @@ class PriMaPs:
         self.report = {"path": str(path), "digest": file_digest(path), "trained_this_run": trained,
                        "em_seconds": meta["seconds"], "proposals_computed_this_run": made,
                        "proposal_seconds": round(proposal_seconds, 1), "proposals_per_image": float(np.mean(counts)),
-                       "steps": self.steps, "final_loss": meta.get("final_loss")}
+                       "steps": self.steps, "final_loss": meta.get("final_loss"), "start_vote": meta.get("start_vote")}
         return index, teacher.eval()
 
     def _proposals(self, dataset, index: FeatureIndex, store: ArrayStore) -> int:
@@ -154,6 +154,7 @@ class PriMaPs:
 
         start = time.monotonic()
         centroids = self.kmeans_start(index, k=k, seed=seed)
+        start_vote = self.start_vote(index, store, centroids)
         pl.seed_everything(seed, workers=True, verbose=False)
         module = PriMaPsModule(torch.from_numpy(centroids), decay=self.decay, ema_every=self.ema_every, lr=self.lr,
                                gamma=self.gamma)
@@ -171,7 +172,30 @@ class PriMaPs:
             final_loss = float(trainer.callback_metrics.get("train/loss", torch.tensor(float("nan"))))
         save_artefact(path, "PriMaPs-EM prototypes", EM_VERSION, module.teacher.state_dict(),
                       {"dim": int(centroids.shape[1]), "k": int(k), "seconds": time.monotonic() - start,
-                       "final_loss": final_loss})
+                       "final_loss": final_loss, "start_vote": start_vote})
+
+    def start_vote(self, index: FeatureIndex, store: ArrayStore, centroids: np.ndarray) -> dict[str, Any]:
+        """How much of the k-means start the proposals' majority vote keeps (label-free): the EM learns
+        the voted labels, so where the proposals span several clusters it learns a coarser labelling and
+        clusters that win no proposal die. Logged as a warning when it keeps under 80% or drops a cluster."""
+        k = len(centroids)
+        start = Prototypes(torch.from_numpy(centroids))
+        pairs = ProposalPairs(index, store)
+        kept = inside = 0
+        pixels = np.zeros(k, dtype=np.int64)
+        with torch.no_grad():
+            for features, proposals in pairs:
+                logits = torch.nn.functional.interpolate(start(features[None]), size=tuple(proposals.shape),
+                                                         mode="bilinear", align_corners=False)
+                image_kept, image_inside, image_pixels = vote_kept(logits[0].argmax(dim=0), proposals, k)
+                kept, inside, pixels = kept + image_kept, inside + image_inside, pixels + image_pixels
+        report = {"kept": round(kept / max(inside, 1), 4), "clusters_voted": int((pixels > 0).sum()), "k": k}
+        if report["kept"] < 0.8 or report["clusters_voted"] < k:
+            log.warning("PriMaPs-EM: the majority vote inside the proposals keeps %.0f%% of the k-means start's "
+                        "pixel labels and leaves %d of K=%d clusters any pixel; the EM learns this coarser labelling "
+                        "(proposals too large for these classes: raise method.threshold; docs/baselines.md)",
+                        100 * report["kept"], report["clusters_voted"], k)
+        return report
 
     def kmeans_start(self, index: FeatureIndex, *, k: int, seed: int) -> np.ndarray:
         """``(K, D)`` spherical k-means centroids of a seeded sample of ``init_points`` patch features."""
