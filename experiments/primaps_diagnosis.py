@@ -10,7 +10,7 @@ the teacher along a short EM, for proposal variants that change nothing else:
 Variants: ``default`` (the paper's threshold 0.4, no CRF), ``crf`` (the proposals' dense CRF, as
 ``method=primaps``), ``centred`` (tokens centred per image before the cosine), ``threshold=T`` and
 ``gt`` (each image's ground-truth class regions as the proposals: reads labels, a check of the EM
-mechanism only). Features come from the shared feature cache (computed where missing). One JSON
+mechanism only). ``--set`` passes discover.py overrides (e.g. ``method.lr=5e-4``). Features come from the shared feature cache (computed where missing). One JSON
 line per variant goes to ``--out``.
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -39,7 +40,8 @@ def compose(args: argparse.Namespace):
 
     register_resolvers()
     overrides = [f"dataset={args.dataset}", f"dataset.split={args.split}", f"paths.data_dir={args.data}",
-                 f"k={args.k}", "method=primaps", "dataset.mask_size_mismatch=skip"]
+                 f"k={args.k}", "method=primaps", "dataset.mask_size_mismatch=skip",
+                 f"paths.output_dir={Path(tempfile.gettempdir()) / 'primaps_diagnosis'}", *args.set]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         return hydra_compose("discover", overrides=overrides)
 
@@ -78,6 +80,7 @@ def proposals(index, dataset, variant: str, crf, label_scale: int) -> tuple[list
         counts.append(len(masks))
         if variant == "gt":
             full = np.asarray(dataset.load(i)["mask"]).astype(np.uint8)  # void (255) is background
+            counts[-1] = len(np.setdiff1d(np.unique(full), [255]))
         elif variant == "crf":
             image = dataset.load(i)["image"].permute(1, 2, 0).numpy()
             full = proposal_map(masks, image.shape[:2], image, crf)
@@ -121,6 +124,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=0, help="EM steps per variant (0: the E-step only)")
     parser.add_argument("--every", type=int, default=100, help="score the teacher every this many steps")
     parser.add_argument("--out", default=None, help="append one JSON line per variant here")
+    parser.add_argument("--set", action="append", default=[], metavar="OVERRIDE",
+                        help="a discover.py override for every variant, e.g. method.lr=5e-4")
     args = parser.parse_args()
 
     from hydra.utils import instantiate
