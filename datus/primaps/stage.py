@@ -192,8 +192,8 @@ class PriMaPs:
         report = {"kept": round(kept / max(inside, 1), 4), "clusters_voted": int((pixels > 0).sum()), "k": k}
         if report["kept"] < 0.8 or report["clusters_voted"] < k:
             log.warning("PriMaPs-EM: the majority vote inside the proposals keeps %.0f%% of the k-means start's "
-                        "pixel labels and leaves %d of K=%d clusters any pixel; the EM learns this coarser labelling "
-                        "(proposals too large for these classes: raise method.threshold; docs/baselines.md)",
+                        "pixel labels, and %d of the K=%d clusters keep any pixel; the EM learns this coarser "
+                        "labelling (proposals larger than the classes: see docs/peers.md)",
                         100 * report["kept"], report["clusters_voted"], k)
         return report
 
