@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -107,10 +106,8 @@ def score(maps, index, dataset, k: int) -> dict[str, float]:
     return {"miou": round(100 * result["miou"], 1), "acc": round(100 * result["pixel_accuracy"], 1)}
 
 
-def teacher_maps(head, pairs) -> list[np.ndarray]:
-    with torch.no_grad():
-        return [F.interpolate(head(f[None]), size=tuple(p.shape), mode="bilinear", align_corners=False)[0]
-                .argmax(dim=0).numpy() for f, p in pairs]
+def teacher_maps(module, pairs) -> list[np.ndarray]:
+    return [module.teacher_labels(f, tuple(p.shape)).numpy() for f, p in pairs]
 
 
 def main() -> None:
@@ -143,7 +140,7 @@ def main() -> None:
         torch.manual_seed(args.seed)
         module = PriMaPsModule(centroids, decay=primaps.decay, ema_every=primaps.ema_every, lr=primaps.lr,
                                gamma=primaps.gamma)
-        start_maps = teacher_maps(module.teacher, pairs)
+        start_maps = teacher_maps(module, pairs)
         voted = [majority_vote(torch.from_numpy(m), p, args.k).numpy() for m, (_, p) in zip(start_maps, pairs)]
         kept = [vote_kept(torch.from_numpy(m), p, args.k) for m, (_, p) in zip(start_maps, pairs)]
         row = {"dataset": args.dataset, "split": args.split, "k": args.k, "seed": args.seed, "variant": variant,
@@ -163,7 +160,7 @@ def main() -> None:
             loss.backward()
             optimiser.step()
             if step % args.every == 0 or step == args.steps:
-                maps = teacher_maps(module.teacher, pairs)
+                maps = teacher_maps(module, pairs)
                 alive = int(np.count_nonzero(np.bincount(np.concatenate([m.ravel() for m in maps]), minlength=args.k)))
                 row["em"].append({"step": step, "loss": round(float(loss), 4), "clusters": alive,
                                   **score(maps, index, dataset, args.k)})

@@ -84,11 +84,14 @@ class PriMaPsModule(pl.LightningModule):
     def _logits(self, head: Prototypes, features: Tensor, size: tuple[int, int]) -> Tensor:
         return F.interpolate(head(features[None].float()), size=size, mode="bilinear", align_corners=False)[0]
 
+    @torch.no_grad()
+    def teacher_labels(self, features: Tensor, size: tuple[int, int]) -> Tensor:
+        """The teacher's ``(H, W)`` per-pixel labels of one image's ``(D, h, w)`` features on a ``size`` grid."""
+        return self._logits(self.teacher, features, size).argmax(dim=0)
+
     def pseudo_labels(self, features: Tensor, proposals: Tensor) -> Tensor:
         """E-step: the teacher's per-pixel labels, voted inside each proposal."""
-        with torch.no_grad():
-            labels = self._logits(self.teacher, features, tuple(proposals.shape)).argmax(dim=0)
-        return majority_vote(labels, proposals, self.student.k)
+        return majority_vote(self.teacher_labels(features, tuple(proposals.shape)), proposals, self.student.k)
 
     def training_step(self, batch: list[tuple[Tensor, Tensor]], batch_idx: int) -> Tensor:
         flips = torch.rand(len(batch)) < 0.5 if self.hparams.flip else torch.zeros(len(batch), dtype=torch.bool)

@@ -154,13 +154,13 @@ class PriMaPs:
 
         start = time.monotonic()
         centroids = self.kmeans_start(index, k=k, seed=seed)
-        start_vote = self.start_vote(index, store, centroids)
         pl.seed_everything(seed, workers=True, verbose=False)
         module = PriMaPsModule(torch.from_numpy(centroids), decay=self.decay, ema_every=self.ema_every, lr=self.lr,
                                gamma=self.gamma)
+        pairs = ProposalPairs(index, store)
+        start_vote = self.start_vote(module, pairs)  # draws no random number: the EM's draws stay as they were
         final_loss = None
         if self.steps:
-            pairs = ProposalPairs(index, store)
             loader = DataLoader(pairs, batch_size=min(self.batch_size, len(pairs)), shuffle=True, drop_last=True,
                                 collate_fn=list)
             trainer, resume = folder_trainer(folder, accelerator=self.accelerator,
@@ -174,21 +174,19 @@ class PriMaPs:
                       {"dim": int(centroids.shape[1]), "k": int(k), "seconds": time.monotonic() - start,
                        "final_loss": final_loss, "start_vote": start_vote})
 
-    def start_vote(self, index: FeatureIndex, store: ArrayStore, centroids: np.ndarray) -> dict[str, Any]:
-        """How much of the k-means start the proposals' majority vote keeps (label-free): the EM learns
-        the voted labels, so where the proposals span several clusters it learns a coarser labelling and
-        clusters that win no proposal die. Logged as a warning when it keeps under 80% or drops a cluster."""
-        k = len(centroids)
-        start = Prototypes(torch.from_numpy(centroids))
-        pairs = ProposalPairs(index, store)
+    @staticmethod
+    def start_vote(module: PriMaPsModule, pairs: ProposalPairs) -> dict[str, Any]:
+        """How much of the k-means start (``module``'s teacher before any step) the proposals' majority vote
+        keeps, without labels: the EM learns the voted labels, so where the proposals span several clusters
+        it learns a coarser labelling and clusters that win no proposal die. Logged as a warning when it
+        keeps under 80% or a cluster loses every pixel."""
+        k = module.student.k
         kept = inside = 0
         pixels = np.zeros(k, dtype=np.int64)
-        with torch.no_grad():
-            for features, proposals in pairs:
-                logits = torch.nn.functional.interpolate(start(features[None]), size=tuple(proposals.shape),
-                                                         mode="bilinear", align_corners=False)
-                image_kept, image_inside, image_pixels = vote_kept(logits[0].argmax(dim=0), proposals, k)
-                kept, inside, pixels = kept + image_kept, inside + image_inside, pixels + image_pixels
+        for features, proposals in pairs:
+            labels = module.teacher_labels(features, tuple(proposals.shape))
+            image_kept, image_inside, image_pixels = vote_kept(labels, proposals, k)
+            kept, inside, pixels = kept + image_kept, inside + image_inside, pixels + image_pixels
         report = {"kept": round(kept / max(inside, 1), 4), "clusters_voted": int((pixels > 0).sum()), "k": k}
         if report["kept"] < 0.8 or report["clusters_voted"] < k:
             log.warning("PriMaPs-EM: the majority vote inside the proposals keeps %.0f%% of the k-means start's "
