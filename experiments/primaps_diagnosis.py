@@ -162,7 +162,7 @@ def main() -> None:
             if step % args.every == 0 or step == args.steps:
                 maps = teacher_maps(module, pairs)
                 alive = int(np.count_nonzero(np.bincount(np.concatenate([m.ravel() for m in maps]), minlength=args.k)))
-                row["em"].append({"step": step, "loss": round(float(loss), 4), "clusters": alive,
+                row["em"].append({"step": step, "loss": round(float(loss.detach()), 4), "clusters": alive,
                                   **score(maps, index, dataset, args.k)})
                 print(json.dumps(row["em"][-1]), flush=True)
         row["minutes"] = round((time.monotonic() - start) / 60, 1)
