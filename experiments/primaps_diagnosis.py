@@ -10,8 +10,8 @@ the teacher along a short EM, for proposal variants that change nothing else:
 Variants: ``default`` (the paper's threshold 0.4, no CRF), ``crf`` (the proposals' dense CRF, as
 ``method=primaps``), ``centred`` (tokens centred per image before the cosine), ``threshold=T`` and
 ``gt`` (each image's ground-truth class regions as the proposals: reads labels, a check of the EM
-mechanism only). ``--set`` passes discover.py overrides (e.g. ``method.lr=5e-4``). Features come from the shared feature cache (computed where missing). One JSON
-line per variant goes to ``--out``.
+mechanism only). ``--set`` passes discover.py overrides (e.g. ``method.lr=5e-4``). Features come
+from the shared feature cache (computed where missing). One JSON line per variant goes to ``--out``.
 """
 
 from __future__ import annotations
@@ -71,20 +71,19 @@ def proposals(index, dataset, variant: str, crf, label_scale: int) -> tuple[list
     for i in sorted(index.entries):
         fmap = torch.from_numpy(np.asarray(index[i], dtype=np.float32))
         grid = tuple(fmap.shape[1:])
-        tokens = fmap.flatten(1).T
-        if variant == "centred":
-            tokens = tokens - tokens.mean(dim=0)
-        masks = median_filter(principal_masks(tokens, threshold=threshold), grid)
-        masks = masks[masks.flatten(1).any(dim=1)]
-        counts.append(len(masks))
-        if variant == "gt":
-            full = np.asarray(dataset.load(i)["mask"]).astype(np.uint8)  # void (255) is background
-            counts[-1] = len(np.setdiff1d(np.unique(full), [255]))
-        elif variant == "crf":
-            image = dataset.load(i)["image"].permute(1, 2, 0).numpy()
-            full = proposal_map(masks, image.shape[:2], image, crf)
+        if variant == "gt":  # no proposals computed: the image's ground-truth regions (void, 255, is background)
+            full = np.asarray(dataset.load(i)["mask"]).astype(np.uint8)
+            counts.append(len(np.setdiff1d(np.unique(full), [255])))
         else:
-            full = proposal_map(masks, index.orig_size(i))
+            tokens = fmap.flatten(1).T
+            if variant == "centred":
+                tokens = tokens - tokens.mean(dim=0)
+            masks = median_filter(principal_masks(tokens, threshold=threshold), grid)
+            masks = masks[masks.flatten(1).any(dim=1)]
+            counts.append(len(masks))
+            image = dataset.load(i)["image"].permute(1, 2, 0).numpy() if variant == "crf" else None
+            size = index.orig_size(i) if image is None else image.shape[:2]
+            full = proposal_map(masks, size, image, crf if variant == "crf" else None)
         labels = upsample_nearest(full, (grid[0] * label_scale, grid[1] * label_scale))
         pairs.append((fmap, torch.from_numpy(labels.astype(np.uint8))))
     return pairs, float(np.mean(counts))
@@ -129,6 +128,7 @@ def main() -> None:
 
     from datus.primaps import PriMaPsModule, majority_vote, vote_kept
 
+    warnings.filterwarnings("ignore", message=".*self.log.*")  # the module logs through a Trainer; none here
     cfg = compose(args)
     dataset = instantiate(cfg.dataset, transform=instantiate(cfg.resize))
     index = feature_index(cfg, dataset)
@@ -149,7 +149,6 @@ def main() -> None:
                "kept": round(sum(a for a, _, _ in kept) / sum(b for _, b, _ in kept), 3), "em": []}
         print(json.dumps(row), flush=True)
         optimiser = module.configure_optimizers()
-        warnings.filterwarnings("ignore", message=".*self.log.*")  # the module logs through a Trainer; none here
         rng = np.random.default_rng(args.seed)
         for step in range(1, args.steps + 1):  # the module's own training step; the teacher as Lightning's hook does
             if step > 1 and (step - 1) % primaps.ema_every == 0:

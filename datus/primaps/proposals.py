@@ -118,8 +118,8 @@ def majority_vote(labels: Tensor, proposals: Tensor, k: int) -> Tensor:
 def vote_kept(labels: Tensor, proposals: Tensor, k: int) -> tuple[int, int, np.ndarray]:
     """What the majority vote keeps of a labelling: ``(pixels inside proposals whose label it keeps, pixels
     inside proposals, (K,) pixels per label after the vote)``. A proposal that spans several labels keeps
-    only its majority's pixels, so coarse proposals show as a low first/second ratio and as labels left
-    with no pixel, which the EM can then never learn. No ground truth is read."""
+    only its majority's pixels, so coarse proposals show as a low share kept (first / second) and as labels
+    left with no pixel, which the EM can then never learn. No ground truth is read."""
     voted = majority_vote(labels, proposals, k)
     inside = voted != BACKGROUND
     kept = int((voted[inside] == labels[inside]).sum())
