@@ -185,7 +185,7 @@ class FeatureExtractor(pl.LightningModule):
 
 def dataset_identity(dataset) -> dict:
     """What names a split's contents for a cache key: its class, root, split and every image file's
-    name, size and modification time (an added, removed or replaced image gives a new key)."""
+    name and contents (an added, removed or replaced image gives a new key; a copy with new times does not)."""
     from datus.runs import files_fingerprint
 
     files = files_fingerprint([(s.stem, s.image) for s in getattr(dataset, "samples", [])])

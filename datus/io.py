@@ -188,12 +188,26 @@ def write_npz(path: str | Path, **arrays: Any) -> Path:
     return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
+#: ``file_digest``'s memo: a file's digest by its identity and stat, so a split is read once per process.
+_DIGESTS: dict[tuple, str] = {}
+
+
 def file_digest(path: str | Path) -> str:
-    """A short sha256 of a file's bytes: what a cache keys on when a trained file (a feature head, a
-    W-Net) decides what is computed from it, so a retrained file never reuses the old results."""
+    """A short sha256 of a file's bytes: what a cache keys on, so a rewritten file (a retrained head, a
+    checkpoint after another epoch, a replaced image, even with its old size and times) never reuses old
+    results and one copied in again with new times still does. Read once per process while its
+    stat stays the same (the change time moves on every write, and no one can set it back)."""
     import hashlib
 
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    stat = os.stat(path)
+    key = (str(Path(path).resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()[:16]
+    return _DIGESTS[key]
 
 
 def load_json(path: str | Path) -> Any:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from datus.io import load_json, write_json
+from datus.io import file_digest, load_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ RUN_KEYS = (*SETTINGS_KEYS, "k", "labeling", "method", "seed", "postprocess")
 
 def backbone_identity(backbone: dict[str, Any]) -> dict[str, Any]:
     """``backbone`` settings as a key: a checkpoint file (``backbone.weights=<path>``) is named by its
-    absolute path, size and modification time, so a file rewritten in place (a DINO run's
+    absolute path and contents, so a file rewritten in place (a DINO run's
     ``checkpoint.pth`` after another epoch) or one relative name used from two folders never reuses
     what other weights computed. ``random`` names its fixed initialisation's seed; ``hub`` and
     ``packaged`` are kept as they are, a missing file too (building the backbone names it)."""
@@ -88,12 +88,11 @@ def run_settings(container: dict[str, Any]) -> dict[str, Any]:
 
 
 def files_fingerprint(files: list[tuple[str, str | Path]]) -> str:
-    """A short digest of ``(name, path)`` files by name, size and modification time: cheap (no file is
-    read) and changed by any added, removed, replaced or rewritten file."""
+    """A short digest of ``(name, path)`` files by name and contents (:func:`datus.io.file_digest`):
+    changed by any added, removed, replaced or rewritten file, kept by a copy with new times."""
     digest = hashlib.sha256()
     for name, path in files:
-        stat = Path(path).stat()
-        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{name}\0{file_digest(path)}\n".encode())
     return digest.hexdigest()[:16]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from functools import partial
 from pathlib import Path
 
@@ -345,26 +346,43 @@ def _segments_by_stem(summary: dict, images: Path) -> dict:
     return {r.stem: (r.index, r.decomposition.segments.tobytes()) for r in store}
 
 
-@pytest.mark.parametrize("edit", ["add_first", "delete", "replace"])
+@pytest.mark.parametrize("edit", ["add_first", "delete", "replace", "replace_keeping_times", "copy_in_again"])
 def test_the_cache_follows_the_files_of_the_split(tmp_path, edit):
     """An image added (sorting first), deleted or replaced under its name: only that image is (re)computed,
     every other one reused, and the masks equal those of a clean run on the edited split (the cache used
-    to index by position: wrong masks, exit 0)."""
+    to index by position: wrong masks, exit 0). The cache keys on the files' bytes: an image rewritten with
+    its old size and times is recomputed (keyed on size and time it was served stale), and the split copied
+    in again with new times (data staged to a node's disk) is reused whole (it was recomputed whole)."""
     root, cache = tmp_path / "data", tmp_path / "cache"
     _folder_split(root, ["b1", "b2", "b3", "b4"])
-    _discover_folder(root, tmp_path / "before", cache)
     images = root / "all" / "images"
+    if edit == "replace_keeping_times":  # room for a replacement of the same size (PNG ignores bytes after IEND)
+        with open(images / "b4.png", "ab") as f:
+            f.write(b"\0" * 4096)
+    _discover_folder(root, tmp_path / "before", cache)
     if edit == "add_first":
         _folder_split(root, ["a0"])
     elif edit == "delete":
         (images / "b2.png").unlink()
+    elif edit == "copy_in_again":
+        for path in sorted(images.glob("*.png")):
+            data = path.read_bytes()
+            path.unlink()
+            path.write_bytes(data)
+            os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
     else:
+        stat = (images / "b4.png").stat()
         with Image.open(images / "b4.png") as photo:
             photo.transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(images / "b4.png")
+        if edit == "replace_keeping_times":
+            data = (images / "b4.png").read_bytes()
+            assert len(data) <= stat.st_size
+            (images / "b4.png").write_bytes(data + b"\0" * (stat.st_size - len(data)))
+            os.utime(images / "b4.png", ns=(stat.st_atime_ns, stat.st_mtime_ns))
     after = _discover_folder(root, tmp_path / "after", cache)
     clean = _discover_folder(root, tmp_path / "clean", tmp_path / "clean_cache")
-    assert after["computed_this_run"] == {"add_first": 1, "delete": 0, "replace": 1}[edit]
-    assert after["images"] == clean["images"] == {"add_first": 5, "delete": 3, "replace": 4}[edit]
+    assert after["computed_this_run"] == {"add_first": 1, "delete": 0, "copy_in_again": 0}.get(edit, 1)
+    assert after["images"] == clean["images"] == {"add_first": 5, "delete": 3}.get(edit, 4)
     assert _segments_by_stem(after, images) == _segments_by_stem(clean, images)
     assert len(_segments_by_stem(after, images)) == after["images"]
     masks, clean_masks = _masks(tmp_path / "after"), _masks(tmp_path / "clean")
