@@ -236,6 +236,12 @@ def test_quality_command_runs_a_study_resumes_and_reports(tmp_path, two_splits):
                                                      / "centroids.npz")
     markdown = (out / "quality.md").read_text()
     assert "| defaults_inductive | " in markdown and "Paired mIoU difference to `kmeans_patches`" in markdown
+    # each seed's wall time, as the command measured it (seed 0 in the first call, seed 1 in the second)
+    assert all(run["seconds"] is not None and run["seconds"] >= 0 for run in runs.values())
+    timed = [runs[("defaults", "train", s)]["seconds"] for s in (0, 1)]
+    assert table["defaults"]["train"]["minutes"]["total"] == pytest.approx(sum(timed) / 60)
+    assert table["defaults"]["train"]["minutes"]["first"] == pytest.approx(max(timed) / 60)  # each call's first seed
+    assert "Wall minutes as this command measured them" in markdown and "All timed runs:" in markdown
     with Image.open(out / "quality.png") as picture:
         assert picture.size[0] > 500
 

@@ -19,8 +19,9 @@ finished yet (``labeling.kmeans.seed``; ``train.py``'s ``seed``), into
 ``<out>/runs/<dataset>/<configuration>/seed<s>/``: the backbone passes come from the settings-keyed
 cache, so a seed re-runs only the labelling. A killed study resumes where it stopped; a
 configuration whose overrides changed is rerun. The result is ``quality.json`` (every run and the
-aggregates), ``quality.md`` (mean ± std per dataset, and the paired difference to the baseline)
-and ``quality.png`` (bars with the seed spread).
+aggregates), ``quality.md`` (mean ± std per dataset, the paired difference to the baseline, and
+each row's wall minutes: the first seed, cold when the cache was, and the slowest later one) and
+``quality.png`` (bars with the seed spread).
 """
 
 from __future__ import annotations
@@ -299,20 +300,43 @@ def run_cell(cell: Cell, seeds: list[int], progress=None, task=None) -> str | No
         stream.flush()
         proc = subprocess.Popen(command, cwd=REPO, stdout=stream, stderr=subprocess.STDOUT,
                                 env={**os.environ, "HYDRA_FULL_ERROR": os.environ.get("HYDRA_FULL_ERROR", "0")})
+        clock = _Clock(cell.folder / "seconds.json", time.monotonic())
         seen: set[int] = set()
         while proc.poll() is None:
             time.sleep(1.0)
-            seen = _advance(cell, seeds, seen, progress, task)
-        _advance(cell, seeds, seen, progress, task)
+            seen = _advance(cell, seeds, seen, progress, task, clock)
+        _advance(cell, seeds, seen, progress, task, clock)
     if proc.returncode == 0:
         return None
     return _error_line(log_path) or f"exit status {proc.returncode}"
 
 
-def _advance(cell: Cell, seeds: list[int], seen: set[int], progress, task) -> set[int]:
+class _Clock:
+    """Wall seconds of each seed a multirun finishes, kept in ``<cell>/seconds.json``: from the previous
+    seed's end, the first seed from the command's start (so it holds the start-up and any backbone pass
+    the cache did not have: ``first``). Seeds seen finished in the same poll share the interval."""
+
+    def __init__(self, path: Path, start: float) -> None:
+        self.path, self.mark, self.first = path, start, True
+
+    def finished(self, seeds: set[int]) -> None:
+        now = time.monotonic()
+        record = load_json(self.path) if self.path.is_file() else {}
+        share = (now - self.mark) / len(seeds)
+        for seed in sorted(seeds):
+            record[str(seed)] = {"seconds": round(share, 1), "first": self.first}
+            self.first = False
+        write_json(self.path, record)
+        self.mark = now
+
+
+def _advance(cell: Cell, seeds: list[int], seen: set[int], progress, task, clock: _Clock | None = None) -> set[int]:
     finished = {s for s in seeds if s not in seen and cell.result(s) is not None}
-    if progress is not None and finished:
-        progress.advance(task, len(finished))
+    if finished:
+        if clock is not None:
+            clock.finished(finished)
+        if progress is not None:
+            progress.advance(task, len(finished))
     return seen | finished
 
 
@@ -339,14 +363,22 @@ def collect(study: Study, cells: list[Cell]) -> dict[str, Any]:
     for cell in cells:
         results = {s: cell.result(s) for s in cell.seeds(study)}
         done = {s: r for s, r in results.items() if r is not None}
+        timed = load_json(cell.folder / "seconds.json") if (cell.folder / "seconds.json").is_file() else {}
+        timed = {s: timed[str(s)] for s in done if str(s) in timed}
         for seed, result in done.items():
             runs.append({"configuration": cell.config.name, "dataset": cell.dataset.name, "seed": seed,
-                         "run": str(cell.run_dir(seed)), **result})
+                         "run": str(cell.run_dir(seed)), **result,
+                         "seconds": timed[seed]["seconds"] if seed in timed else None})
         if not done:
             continue
         entry = {"kind": cell.config.kind, "seeds": sorted(done),
                  "miou": _stats([r["miou"] for r in done.values()]),
                  "pixel_accuracy": _stats([r["pixel_accuracy"] for r in done.values()])}
+        if timed:
+            first = [t["seconds"] / 60 for t in timed.values() if t["first"]]
+            later = [t["seconds"] / 60 for t in timed.values() if not t["first"]]
+            entry["minutes"] = {"first": max(first) if first else None, "later_max": max(later) if later else None,
+                                "total": sum(t["seconds"] for t in timed.values()) / 60}
         base = by_cell.get((study.baseline, cell.dataset.name)) if study.baseline else None
         if base is not None and cell.config.name != study.baseline:
             paired = [(done[s]["miou"] - b["miou"]) for s in done if (b := base.result(s)) is not None]
@@ -389,6 +421,7 @@ def to_markdown(result: dict[str, Any]) -> str:
                 diff = table.get(name, {}).get(dataset, {}).get("vs_baseline")
                 cells.append("-" if diff is None else f"{diff['mean']:+.1f} ({diff['min']:+.1f} .. {diff['max']:+.1f})")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += _minutes_table(result, header)
     lines += ["", "Configurations:", ""]
     for name, config in result["configurations"].items():
         what = {"discover": "discover.py", "inductive": f"discover.py with the centroids `{config['source']}` "
@@ -396,6 +429,31 @@ def to_markdown(result: dict[str, Any]) -> str:
                 "(transductive)"}[config["kind"]]
         lines.append(f"- `{name}`: {what} {' '.join(config['overrides'])}".rstrip())
     return "\n".join(lines) + "\n"
+
+
+def _minutes_table(result: dict[str, Any], header: str) -> list[str]:
+    """Wall minutes per configuration and dataset, as the command measured them: the first seed a run
+    of the command finished (start-up and backbone passes not cached yet: cold on a fresh cache), the
+    slowest later seed, and their total."""
+    datasets, table = result["datasets"], result["table"]
+    timed = [n for n in result["configurations"] if any("minutes" in table.get(n, {}).get(d, {}) for d in datasets)]
+    if not timed:
+        return []
+    lines = ["", "Wall minutes as this command measured them: first seed (with start-up and uncached backbone "
+             "passes) / slowest later seed (total)", "", header, "|---|" + "---|" * len(datasets)]
+    total = 0.0
+    for name in timed:
+        cells = []
+        for dataset in datasets:
+            minutes = table.get(name, {}).get(dataset, {}).get("minutes")
+            if minutes is None:
+                cells.append("-")
+                continue
+            total += minutes["total"]
+            first, later = (f"{v:.1f}" if v is not None else "-" for v in (minutes["first"], minutes["later_max"]))
+            cells.append(f"{first} / {later} ({minutes['total']:.1f})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return [*lines, "", f"All timed runs: {total:.1f} min."]
 
 
 def figure(result: dict[str, Any]):
