@@ -210,6 +210,15 @@ def file_digest(path: str | Path) -> str:
     return _DIGESTS[key]
 
 
+def file_fingerprint(path: str | Path) -> str:
+    """:func:`file_digest`, or ``"unreadable"`` for a file that cannot be read: a run names such an image
+    where it reads it (and skips it), it does not fail while making a cache key."""
+    try:
+        return file_digest(path)
+    except OSError:
+        return "unreadable"
+
+
 def load_json(path: str | Path) -> Any:
     """Read a JSON file."""
     return json.loads(Path(path).read_text())

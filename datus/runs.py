@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from datus.io import file_digest, load_json, write_json
+from datus.io import file_fingerprint, load_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +88,11 @@ def run_settings(container: dict[str, Any]) -> dict[str, Any]:
 
 
 def files_fingerprint(files: list[tuple[str, str | Path]]) -> str:
-    """A short digest of ``(name, path)`` files by name and contents (:func:`datus.io.file_digest`):
+    """A short digest of ``(name, path)`` files by name and contents (:func:`datus.io.file_fingerprint`):
     changed by any added, removed, replaced or rewritten file, kept by a copy with new times."""
     digest = hashlib.sha256()
     for name, path in files:
-        digest.update(f"{name}\0{file_digest(path)}\n".encode())
+        digest.update(f"{name}\0{file_fingerprint(path)}\n".encode())
     return digest.hexdigest()[:16]
 
 

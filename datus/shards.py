@@ -28,7 +28,7 @@ import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
 
-from datus.io import file_digest, write_npz
+from datus.io import file_fingerprint, write_npz
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +61,6 @@ def read_skipped(folder: Path) -> list[dict]:
 
 #: What a split holds, image by image: ``(stem, fingerprint)`` in dataset order (see :func:`dataset_manifest`).
 Manifest = list[tuple[str, str]]
-
-
-def file_fingerprint(path: str | Path) -> str:
-    """A fingerprint of a file's contents (:func:`datus.io.file_digest`): the same bytes copied in again
-    with new times keep it, a rewritten file does not."""
-    try:
-        return file_digest(path)
-    except OSError:
-        return "unreadable"
 
 
 def dataset_manifest(dataset) -> Manifest | None:
