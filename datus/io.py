@@ -200,7 +200,7 @@ def file_digest(path: str | Path) -> str:
     import hashlib
 
     stat = os.stat(path)
-    key = (str(Path(path).resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)  # the file, not its name
     if key not in _DIGESTS:
         digest = hashlib.sha256()
         with open(path, "rb") as f:

@@ -330,11 +330,10 @@ class _Clock:
         self.mark = now
 
 
-def _advance(cell: Cell, seeds: list[int], seen: set[int], progress, task, clock: _Clock | None = None) -> set[int]:
+def _advance(cell: Cell, seeds: list[int], seen: set[int], progress, task, clock: _Clock) -> set[int]:
     finished = {s for s in seeds if s not in seen and cell.result(s) is not None}
     if finished:
-        if clock is not None:
-            clock.finished(finished)
+        clock.finished(finished)
         if progress is not None:
             progress.advance(task, len(finished))
     return seen | finished
