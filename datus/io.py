@@ -175,6 +175,28 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
     return Path(path)
 
 
+def atomic_symlink(link: str | Path, target: str | Path) -> Path:
+    """Make ``link`` a symlink to the directory ``target``, replacing a link to anything else atomically.
+
+    Safe when several processes (DDP ranks) make the same link at once: the link is made under a
+    temporary name and renamed over ``link``, never checked and then created. A real file or
+    directory at ``link`` is left alone (raises :class:`FileExistsError` naming it).
+    """
+    link, target = Path(link), Path(target)
+    if link.is_symlink() and link.resolve() == target.resolve():
+        return link
+    if link.exists() and not link.is_symlink():
+        raise FileExistsError(f"{link} exists and is not a link: move it away to link it to {target}")
+    link.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(link.parent, link.name)
+    try:
+        tmp.symlink_to(target, target_is_directory=True)
+        os.replace(tmp, link)
+    finally:
+        _discard(tmp)
+    return link
+
+
 def write_json(path: str | Path, data: Any) -> Path:
     """Write ``data`` as indented JSON, atomically."""
     text = json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"

@@ -1,4 +1,4 @@
-"""Atomic writes under interruption, and the permissions of what they write."""
+"""Atomic writes under interruption, links made by several processes at once, and the permissions of what they write."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from datus.io import TMP_SUFFIX, atomic_write, remove_stale_temporaries, scratch_file
+from datus.io import TMP_SUFFIX, atomic_symlink, atomic_write, remove_stale_temporaries, scratch_file
 from tests.conftest import PROJECT_ROOT
 
 #: Writes files atomically while a timer interrupts it at random moments, as SIGTERM's handler
@@ -86,3 +86,35 @@ def test_a_dead_writers_temporaries_are_removed_and_a_live_ones_kept(tmp_path):
         dead.write_bytes(b"left by a killed run")
         removed = remove_stale_temporaries(tmp_path)
         assert removed == [dead] and live.exists() and not dead.exists()
+
+
+#: Links ``<dir>/segments`` to one of two folders as fast as it can, as every DDP rank does after discovery.
+RACING_LINKER = r"""
+import sys
+from pathlib import Path
+from datus.io import atomic_symlink
+root = Path(sys.argv[1])
+for i in range(300):
+    atomic_symlink(root / "run" / "segments", root / ("a" if i % 2 else "b"))
+"""
+
+
+def test_processes_linking_the_same_path_at_once_never_fail_and_leave_a_link(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"from-{name}").touch()
+    procs = [subprocess.Popen([sys.executable, "-c", RACING_LINKER, str(tmp_path)], cwd=PROJECT_ROOT,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    for proc in procs:
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()  # check-then-create raised FileExistsError here
+    link = tmp_path / "run" / "segments"
+    assert link.is_symlink() and link.resolve() in {tmp_path / "a", tmp_path / "b"}
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["segments"]  # no temporary links left
+    atomic_symlink(link, tmp_path / "a")  # a link elsewhere, or a dangling one, is replaced
+    assert (link / "from-a").exists()
+    (tmp_path / "a").rename(tmp_path / "gone")
+    atomic_symlink(link, tmp_path / "b")
+    assert (link / "from-b").exists()
+    (tmp_path / "real").mkdir()
+    with pytest.raises(FileExistsError, match="not a link"):  # a run's own folder is never replaced
+        atomic_symlink(tmp_path / "real", tmp_path / "a")

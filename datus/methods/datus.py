@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from datus.discovery import SceneDecomposer, SegmentStore, run_discovery
-from datus.io import atomic_write, load_json
+from datus.io import atomic_symlink, atomic_write, load_json
 from datus.labeling.run import ScoresToMask
 from datus.methods.base import Job, Method
 from datus.runs import job_lock
@@ -117,12 +117,8 @@ def _check_complete(segments: SegmentStore, dataset) -> None:
 def _link_discovery(work: Path, out_dir: Path) -> None:
     """Make the cached discovery visible in the run's folder: ``segments`` link, copied pictures."""
     link = out_dir / "segments"
-    target = (work / "segments").resolve()
-    if link.is_symlink() and link.resolve() != target:
-        link.unlink()
-    if not link.exists():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(target, target_is_directory=True)
+    if not (link.exists() and not link.is_symlink()):  # a run dir's own segments stay
+        atomic_symlink(link, (work / "segments").resolve())  # every DDP rank links it, at once
     for picture in sorted((work / "pictures").glob("*.png")):
         copy, data = out_dir / "pictures" / picture.name, picture.read_bytes()
         if not copy.is_file() or copy.read_bytes() != data:  # missing, or damaged since: copy again
