@@ -15,6 +15,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from datus.bench.quality import StudyError, bench_quality, load_study
 from datus.data import SUIM, MaskError
 from datus.discovery import SegmentStore
 from datus.evaluation import evaluate_masks
@@ -244,6 +245,30 @@ def test_quality_command_runs_a_study_resumes_and_reports(tmp_path, two_splits):
     assert "Wall minutes as this command measured them" in markdown and "All timed runs:" in markdown
     with Image.open(out / "quality.png") as picture:
         assert picture.size[0] > 500
+    # a row whose settings changed and whose rerun fails: its old runs are neither counted nor re-timed
+    seconds = (out / "runs" / "train" / "kmeans_patches" / "seconds.json").read_bytes()
+    study["configurations"]["kmeans_patches"].append("labeling.kmeans.overcluster=0")
+    path.write_text(yaml.safe_dump(study))
+    failed = subprocess.run([*command, "--configs", "kmeans_patches", "--datasets", "train"], cwd=PROJECT_ROOT,
+                            capture_output=True, text=True, timeout=1200)
+    assert failed.returncode != 0 and "overcluster=0 must be a number" in failed.stderr
+    result = json.loads((out / "quality.json").read_text())
+    assert result["stale"] == ["kmeans_patches/train"] and "kmeans_patches" not in result["table"]
+    assert (out / "runs" / "train" / "kmeans_patches" / "seconds.json").read_bytes() == seconds
+    assert "Left out, made by an earlier command of their row" in (out / "quality.md").read_text()
+
+
+def test_the_quality_command_refuses_what_is_not_one_override_before_any_run(tmp_path):
+    study = load_study("peers", configurations=["primaps"])
+    for extra, message in ((["primaps_kmeans_start"], "comma-separated lists"), (["k=3,4"], "sweeps several values")):
+        with pytest.raises(StudyError, match=message):  # `--configs a b` passes b on as an override
+            bench_quality(study, tmp_path / "quality", ["paths.cache_dir=/tmp/x", *extra], quiet=True)
+    assert not (tmp_path / "quality").exists()
+    bad = tmp_path / "study.yaml"
+    bad.write_text(yaml.safe_dump({"datasets": {"val": ["dataset=camvid"]},
+                                   "configurations": {"mine": ["method=stego", "feature_head stego"]}}))
+    with pytest.raises(StudyError, match=r"configurations\.mine: 'feature_head stego' is not a Hydra override"):
+        load_study(str(bad))
 
 
 # ------------------------------------------------------------------------------ clustering that does not depend on luck

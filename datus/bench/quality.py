@@ -121,6 +121,25 @@ def _strings(value: Any, where: str) -> list[str]:
     return [str(v) for v in value]
 
 
+def check_overrides(overrides: list[str], where: str) -> None:
+    """Refuse, before any run starts, what Hydra cannot parse as one override, or a sweep (a study
+    sweeps only the seeds: a value per row)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parsed = parser.parse_override(override)
+        except Exception as err:  # noqa: BLE001 - hydra raises its own exception types for any parse error
+            hint = ("; --configs, --datasets and --seeds take comma-separated lists (--configs a,b), "
+                    "so a second name after a space is read as an override" if "=" not in override else "")
+            raise StudyError(f"{where}: {override!r} is not a Hydra override ({' '.join(str(err).split())}; "
+                             f"write key=value){hint}") from None
+        if parsed.is_sweep_override():
+            raise StudyError(f"{where}: {override!r} sweeps several values; a study sweeps only the k-means "
+                             "seeds: make a configuration per value")
+
+
 def load_study(study: str | Path, *, seeds: list[int] | None = None, configurations: list[str] | None = None,
                datasets: list[str] | None = None) -> Study:
     """The study named ``study`` (``conf/quality/<study>.yaml``) or in the file ``study``, narrowed to the
@@ -141,6 +160,7 @@ def load_study(study: str | Path, *, seeds: list[int] | None = None, configurati
     for name, node in raw["datasets"].items():
         node = node if isinstance(node, dict) else {"overrides": node}
         found[name] = Dataset(name, _strings(node.get("overrides"), f"{path}: datasets.{name}"), node.get("fit_on"))
+        check_overrides(found[name].overrides, f"{path}: datasets.{name}")
     configs = {}
     for name, node in raw["configurations"].items():
         node = node if isinstance(node, dict) else {"overrides": node}
@@ -153,6 +173,7 @@ def load_study(study: str | Path, *, seeds: list[int] | None = None, configurati
             raise StudyError(f"{path}: configurations.{name}.seeds must be a list of whole numbers, got {own!r}")
         configs[name] = Configuration(name, _strings(node.get("overrides"), f"{path}: configurations.{name}"), kind,
                                       node.get(kind) if kinds else None, own)
+        check_overrides(configs[name].overrides, f"{path}: configurations.{name}")
     result = Study(found, configs, raw.get("baseline"), [int(s) for s in (seeds or raw.get("seeds") or [0])])
     for config in configs.values():  # a row's own seeds, within the study's (--seeds narrows both)
         if config.seeds is not None:
@@ -203,6 +224,11 @@ class Cell:
 
     def run_dir(self, seed: int) -> Path:
         return self.folder / f"seed{seed}"
+
+    def current(self) -> bool:
+        """Whether the runs in ``folder`` were made by this cell's command (or no command is recorded)."""
+        record = self.folder / "command.json"
+        return not record.is_file() or load_json(record) == _recorded(self)
 
     def result_file(self, seed: int) -> Path:
         run = self.run_dir(seed)
@@ -275,8 +301,7 @@ def _settable(config_name: str, overrides: list[str]) -> list[str]:
 
 def _pending(cell: Cell, seeds: list[int]) -> list[int]:
     """Seeds of ``cell`` without a result, or all of them when its command changed since they ran."""
-    record = cell.folder / "command.json"
-    if record.is_file() and load_json(record) != _recorded(cell):
+    if not cell.current():
         return list(seeds)
     return [s for s in seeds if cell.result(s) is None]
 
@@ -289,24 +314,26 @@ def _recorded(cell: Cell) -> list[str]:
 def run_cell(cell: Cell, seeds: list[int], progress=None, task=None) -> str | None:
     """Run ``cell``'s multirun over ``seeds`` (its log in ``<folder>/multirun.log``); None, or the error."""
     cell.folder.mkdir(parents=True, exist_ok=True)
-    changed = (cell.folder / "command.json").is_file() and load_json(cell.folder / "command.json") != _recorded(cell)
+    changed = not cell.current()
     command = [*cell.command, f"{cell.config.seed_setting}={','.join(str(s) for s in seeds)}"]
-    if changed:
+    if changed:  # the old runs are replaced; until every seed has run again they are not this command's
         command.append("overwrite=true")
-    write_json(cell.folder / "command.json", _recorded(cell))
+    else:
+        write_json(cell.folder / "command.json", _recorded(cell))
     log_path = cell.folder / "multirun.log"
     with open(log_path, "ab") as stream:
         stream.write(f"\n$ {shlex.join(command)}\n".encode())
         stream.flush()
         proc = subprocess.Popen(command, cwd=REPO, stdout=stream, stderr=subprocess.STDOUT,
                                 env={**os.environ, "HYDRA_FULL_ERROR": os.environ.get("HYDRA_FULL_ERROR", "0")})
-        clock = _Clock(cell.folder / "seconds.json", time.monotonic())
+        clock = _Clock(cell.folder / "seconds.json", time.monotonic(), since=time.time())
         seen: set[int] = set()
         while proc.poll() is None:
             time.sleep(1.0)
             seen = _advance(cell, seeds, seen, progress, task, clock)
         _advance(cell, seeds, seen, progress, task, clock)
     if proc.returncode == 0:
+        write_json(cell.folder / "command.json", _recorded(cell))
         return None
     return _error_line(log_path) or f"exit status {proc.returncode}"
 
@@ -316,8 +343,14 @@ class _Clock:
     seed's end, the first seed from the command's start (so it holds the start-up and any backbone pass
     the cache did not have: ``first``). Seeds seen finished in the same poll share the interval."""
 
-    def __init__(self, path: Path, start: float) -> None:
-        self.path, self.mark, self.first = path, start, True
+    def __init__(self, path: Path, start: float, *, since: float) -> None:
+        self.path, self.mark, self.first, self.since = path, start, True, since
+
+    def new(self, cell: Cell, seed: int) -> bool:
+        """Whether ``seed`` finished in this call: a result written since it started (a rerun replaces
+        old results, which must not count as finished, nor be timed)."""
+        path = cell.result_file(seed)
+        return path.is_file() and path.stat().st_mtime >= self.since and cell.result(seed) is not None
 
     def finished(self, seeds: set[int]) -> None:
         now = time.monotonic()
@@ -331,7 +364,7 @@ class _Clock:
 
 
 def _advance(cell: Cell, seeds: list[int], seen: set[int], progress, task, clock: _Clock) -> set[int]:
-    finished = {s for s in seeds if s not in seen and cell.result(s) is not None}
+    finished = {s for s in seeds if s not in seen and clock.new(cell, s)}
     if finished:
         clock.finished(finished)
         if progress is not None:
@@ -342,7 +375,8 @@ def _advance(cell: Cell, seeds: list[int], seen: set[int], progress, task, clock
 def _error_line(log_path: Path) -> str | None:
     """The last ``error:`` line (or the last line) of a failed multirun's log."""
     lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error:") or "Error" in line]
+    ours = [line for line in lines if line.startswith("error:") or ": error: " in line]  # datus' own, per job
+    errors = ours or [line for line in lines if "Error" in line]
     return (errors or lines or [None])[-1]
 
 
@@ -359,7 +393,11 @@ def collect(study: Study, cells: list[Cell]) -> dict[str, Any]:
     seeds, in %) and the paired mIoU difference to the baseline (mean, min, max over the common seeds)."""
     runs, table = [], {}
     by_cell = {(c.config.name, c.dataset.name): c for c in cells}
+    stale = []
     for cell in cells:
+        if not cell.current():  # made by another command, and not yet all run again by this one
+            stale.append(f"{cell.config.name}/{cell.dataset.name}")
+            continue
         results = {s: cell.result(s) for s in cell.seeds(study)}
         done = {s: r for s, r in results.items() if r is not None}
         timed = load_json(cell.folder / "seconds.json") if (cell.folder / "seconds.json").is_file() else {}
@@ -388,7 +426,7 @@ def collect(study: Study, cells: list[Cell]) -> dict[str, Any]:
             "configurations": {n: {"kind": c.kind, "source": c.source, "overrides": c.overrides,
                                    "seeds": c.seeds if c.seeds is not None else study.seeds}
                                for n, c in study.configurations.items()},
-            "table": table, "runs": runs}
+            "table": table, "runs": runs, "stale": stale}
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -421,6 +459,11 @@ def to_markdown(result: dict[str, Any]) -> str:
                 cells.append("-" if diff is None else f"{diff['mean']:+.1f} ({diff['min']:+.1f} .. {diff['max']:+.1f})")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += _minutes_table(result, header)
+    if result.get("stale"):
+        lines += ["", "Left out, made by an earlier command of their row (run the study again to replace them): "
+                  + ", ".join(f"`{name}`" for name in result["stale"])]
+    if result.get("failed"):
+        lines += ["", "Failed: " + "; ".join(f"`{name}`: {error}" for name, error in result["failed"].items())]
     lines += ["", "Configurations:", ""]
     for name, config in result["configurations"].items():
         what = {"discover": "discover.py", "inductive": f"discover.py with the centroids `{config['source']}` "
@@ -493,6 +536,7 @@ def bench_quality(study: Study, out: Path, extra: list[str], *, quiet: bool = Fa
     A cell whose run fails is reported (its error line and log) and left out; the others go on."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    check_overrides(extra, "overrides for every run")
     out.mkdir(parents=True, exist_ok=True)
     cells = plan(study, out, extra)
     work = [(cell, _pending(cell, cell.seeds(study))) for cell in cells]
