@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import atexit
 import errno
+import hashlib
 import json
+import logging
 import os
 import secrets
 import socket
@@ -13,6 +15,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
+
+log = logging.getLogger(__name__)
 
 #: Suffix of the temporary files behind atomic writes (``.<name>.<host>.<pid>.<random>.tmp``).
 TMP_SUFFIX = ".tmp"
@@ -212,23 +216,89 @@ def write_npz(path: str | Path, **arrays: Any) -> Path:
 
 #: ``file_digest``'s memo: a file's digest by its identity and stat, so a split is read once per process.
 _DIGESTS: dict[tuple, str] = {}
+#: Where digests are also kept between processes (:func:`remember_digests`); None: this process only.
+_MEMO_FOLDER: Path | None = None
+#: The memo files read or grown by this process: memo file -> {file name: [dev, ino, size, mtime, ctime, digest]}.
+_MEMOS: dict[Path, dict[str, list]] = {}
+_UNSAVED: set[Path] = set()
+
+
+def remember_digests(folder: str | Path | None) -> None:
+    """Keep :func:`file_digest`'s results in ``folder`` (a JSON file per directory of hashed files), so
+    a later process (the next run, a DDP rank, a SLURM task) reads a file's bytes again only when its
+    stat changed, not every image of a split at every start. None: within this process only."""
+    global _MEMO_FOLDER
+    save_digests()
+    _MEMO_FOLDER = None if folder is None else Path(folder).expanduser()
+    _MEMOS.clear()
+
+
+def _memo_file(path: Path) -> Path:
+    directory = str(path.parent.resolve())
+    return _MEMO_FOLDER / f"{hashlib.sha1(directory.encode()).hexdigest()[:16]}.json"
+
+
+def _memo(memo_file: Path) -> dict[str, list]:
+    if memo_file not in _MEMOS:
+        try:
+            data = load_json(memo_file)
+            _MEMOS[memo_file] = data if isinstance(data, dict) else {}
+        except (OSError, ValueError):  # none yet, or damaged: a memo is only a shortcut
+            _MEMOS[memo_file] = {}
+    return _MEMOS[memo_file]
+
+
+def save_digests() -> None:
+    """Write the digests this process added to the memo folder (merged with what other processes
+    wrote there meanwhile); called at exit, and every few thousand new files."""
+    for memo_file in sorted(_UNSAVED):
+        try:
+            on_disk = load_json(memo_file)
+        except (OSError, ValueError):
+            on_disk = {}
+        merged = {**(on_disk if isinstance(on_disk, dict) else {}), **_MEMOS.get(memo_file, {})}
+        try:
+            write_json(memo_file, merged)
+        except OSError as err:  # a read-only or full cache: the next process reads the files again
+            log.warning("could not keep file digests in %s: %s", memo_file, err)
+    _UNSAVED.clear()
+
+
+atexit.register(save_digests)
+
+
+def _hash_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def file_digest(path: str | Path) -> str:
     """A short sha256 of a file's bytes: what a cache keys on, so a rewritten file (a retrained head, a
     checkpoint after another epoch, a replaced image, even with its old size and times) never reuses old
-    results and one copied in again with new times still does. Read once per process while its
-    stat stays the same (the change time moves on every write, and no one can set it back)."""
-    import hashlib
-
+    results and one copied in again with new times still does. Read once while its stat stays the
+    same (the change time moves on every write, and no one can set it back): once per process, or
+    once for all with :func:`remember_digests`."""
     stat = os.stat(path)
     key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)  # the file, not its name
-    if key not in _DIGESTS:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        _DIGESTS[key] = digest.hexdigest()[:16]
+    if key in _DIGESTS:
+        return _DIGESTS[key]
+    memo = memo_file = None
+    if _MEMO_FOLDER is not None:
+        memo_file = _memo_file(Path(path))
+        memo = _memo(memo_file)
+        entry = memo.get(Path(path).name)
+        if isinstance(entry, list) and len(entry) == 6 and tuple(entry[:5]) == key:
+            _DIGESTS[key] = str(entry[5])
+            return _DIGESTS[key]
+    _DIGESTS[key] = _hash_file(path)
+    if memo is not None:
+        memo[Path(path).name] = [*key, _DIGESTS[key]]
+        _UNSAVED.add(memo_file)
+        if len(_DIGESTS) % 5000 == 0:  # a long first pass over a large split keeps its progress
+            save_digests()
     return _DIGESTS[key]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -10,6 +11,7 @@ import sys
 
 import pytest
 
+from datus.data.demo import DEMO_FILES, skimage_data_dir
 from datus.io import TMP_SUFFIX, atomic_symlink, atomic_write, remove_stale_temporaries, scratch_file
 from tests.conftest import PROJECT_ROOT
 
@@ -118,3 +120,47 @@ def test_processes_linking_the_same_path_at_once_never_fail_and_leave_a_link(tmp
     (tmp_path / "real").mkdir()
     with pytest.raises(FileExistsError, match="not a link"):  # a run's own folder is never replaced
         atomic_symlink(tmp_path / "real", tmp_path / "a")
+
+
+#: Digests the files named on the command line with the memo in argv[1]; prints them and which files it read.
+DIGESTER = r"""
+import json, sys
+import datus.io as io
+read = []
+hash_file = io._hash_file
+io._hash_file = lambda path: read.append(str(path)) or hash_file(path)
+io.remember_digests(sys.argv[1])
+print(json.dumps({"digests": [io.file_digest(p) for p in sys.argv[2:]], "read": read}))
+"""
+
+
+def _digest_in_a_new_process(memo, paths):
+    proc = subprocess.run([sys.executable, "-c", DIGESTER, str(memo), *map(str, paths)], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_digests_are_kept_between_processes_and_a_changed_file_is_read_again(tmp_path):
+    """A run's start used to read every image of its split to key the caches (tens of seconds for a
+    COCO-sized split, again in every process); with the memo a new process reads only changed files."""
+    photos = [skimage_data_dir() / name for name in DEMO_FILES[:4]]  # real photos a package ships
+    data = tmp_path / "data"
+    data.mkdir()
+    paths = []
+    for i, photo in enumerate(photos):
+        paths.append(data / f"{i}{photo.suffix}")
+        paths[-1].write_bytes(photo.read_bytes())
+    memo = tmp_path / "cache" / "digests"
+    first = _digest_in_a_new_process(memo, paths)
+    assert sorted(first["read"]) == sorted(map(str, paths)) and len(set(first["digests"])) == len(paths)
+    again = _digest_in_a_new_process(memo, paths)
+    assert again == {"digests": first["digests"], "read": []}  # nothing read: every stat matched
+    stat = paths[1].stat()  # rewritten in place with its old size and times: only the change time moves
+    paths[1].write_bytes(paths[2].read_bytes()[:stat.st_size].ljust(stat.st_size, b"\0"))
+    os.utime(paths[1], ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    changed = _digest_in_a_new_process(memo, paths)
+    assert changed["read"] == [str(paths[1])] and changed["digests"][1] != first["digests"][1]
+    assert [d for i, d in enumerate(changed["digests"]) if i != 1] == [d for i, d in enumerate(first["digests"]) if i != 1]
+    (memo / next(p.name for p in memo.iterdir())).write_text("{garbled")  # a damaged memo is only a miss
+    assert _digest_in_a_new_process(memo, paths)["digests"] == changed["digests"]

@@ -17,7 +17,7 @@ from datus.cli.loggers import (
     log_results,
     summary_metrics,
 )
-from datus.cli.setup import seed_everything
+from datus.cli.setup import keep_digests, seed_everything
 from datus.cli.signals import exit_on_sigterm
 from datus.cli.train import refine_from_config, refinement_config
 from datus.io import load_json
@@ -66,6 +66,7 @@ def discover_from_config(cfg: DictConfig) -> float | None:
     returns the pseudo masks' mIoU (the refined one with refine=true; None without ground truth)."""
     exit_on_sigterm()
     seed_everything(cfg.seed)
+    keep_digests(cfg.cache_dir)
     check_loggers(cfg.get("logger"))  # W&B without a key or network: offline, decided now
     out_dir = Path(cfg.paths.output_dir)
     with hold_run_dir(out_dir):  # one run per folder, for the run's whole life

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from datus.cli.build import feature_cache, postprocessor
 from datus.cli.loggers import check_loggers, finish_loggers, instantiate_loggers, log_evaluation
+from datus.cli.setup import keep_digests
 from datus.cli.signals import exit_on_sigterm
 from datus.evaluation import EvaluationError, evaluate_masks, format_table, write_report
 from datus.metrics import check_matching
@@ -47,6 +48,7 @@ def evaluate_from_config(cfg: DictConfig) -> float:
 
 
 def _evaluate(cfg: DictConfig) -> float:
+    keep_digests(cfg.cache_dir)
     if cfg.matching is not None:
         check_matching(cfg.matching)
     if cfg.zero_shot.names and cfg.ckpt is None:

@@ -27,6 +27,14 @@ def seed_everything(seed: int | None) -> None:
         pl.seed_everything(int(seed), workers=True, verbose=False)
 
 
+def keep_digests(cache_dir: str | Path | None) -> None:
+    """Keep the file digests the caches key on in ``<cache_dir>/digests``: a run starts without reading
+    every image of its split again (only files whose stat changed are read). Nothing without a cache dir."""
+    from datus.io import remember_digests
+
+    remember_digests(Path(cache_dir).expanduser() / "digests" if cache_dir else None)
+
+
 def _sweep_group(default: str) -> str:
     """``<task>-<sweep dir name>`` in a multirun (W&B group), else ``default``."""
     from hydra.core.hydra_config import HydraConfig

@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from datus.cli.build import feature_cache, postprocessor
 from datus.cli.loggers import check_loggers, finish_loggers, instantiate_loggers
-from datus.cli.setup import seed_everything
+from datus.cli.setup import keep_digests, seed_everything
 from datus.cli.signals import exit_on_sigterm
 from datus.refine.data import pseudo_mask_folder
 from datus.refine.run import run_refinement
@@ -35,6 +35,7 @@ def refine_from_config(cfg: DictConfig, loggers: list | None = None) -> list[dic
     """train.py's body: build the datasets, model, trainer and callbacks that ``cfg`` names and run
     :func:`~datus.refine.run_refinement`; returns one entry per round."""
     seed_everything(cfg.seed)
+    keep_digests(cfg.cache_dir)
     pseudo_mask_folder(cfg.pseudo_masks)  # before the datasets load
     if cfg.trainer.get("max_epochs") is not None and int(cfg.trainer.max_epochs) < 1:
         raise ValueError(f"trainer.max_epochs={cfg.trainer.max_epochs} trains nothing: refined masks would come "
