@@ -260,10 +260,19 @@ def test_quality_command_runs_a_study_resumes_and_reports(tmp_path, two_splits):
 
 def test_the_quality_command_refuses_what_is_not_one_override_before_any_run(tmp_path):
     study = load_study("peers", configurations=["primaps"])
-    for extra, message in ((["primaps_kmeans_start"], "comma-separated lists"), (["k=3,4"], "sweeps several values")):
-        with pytest.raises(StudyError, match=message):  # `--configs a b` passes b on as an override
+    data = tmp_path / "data"
+    for name in ("camvid", "suim"):
+        (data / name).mkdir(parents=True)
+    for extra, message in ((["primaps_kmeans_start"], "comma-separated lists"),  # `--configs a b` passes b on
+                           (["k=3,4"], "sweeps several values"),
+                           ([f"paths.data_dir={tmp_path / 'nowhere'}"], r"datasets\.camvid_val: dataset\.root=.* is not a folder"),
+                           ([f"paths.data_dir={data}", "graph.louvain.resolutoin=1"], "Could not override 'graph.louvain.resolutoin'")):
+        with pytest.raises(StudyError, match=message):  # before any run starts, however many rows come first
             bench_quality(study, tmp_path / "quality", ["paths.cache_dir=/tmp/x", *extra], quiet=True)
     assert not (tmp_path / "quality").exists()
+    (tmp_path / "file").touch()
+    with pytest.raises(StudyError, match="is a file: name a folder"):
+        bench_quality(study, tmp_path / "file", [], quiet=True)
     bad = tmp_path / "study.yaml"
     bad.write_text(yaml.safe_dump({"datasets": {"val": ["dataset=camvid"]},
                                    "configurations": {"mine": ["method=stego", "feature_head stego"]}}))

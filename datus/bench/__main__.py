@@ -69,8 +69,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.bench == "quality":
         from datus.bench.quality import bench_quality, load_study, to_markdown
 
-        split = lambda value: None if value is None else [v for v in value.split(",") if v]  # noqa: E731
-        study = load_study(args.study, seeds=None if args.seeds is None else [int(s) for s in split(args.seeds)],
+        split = lambda value: None if value is None else [v.strip() for v in value.split(",") if v.strip()]  # noqa: E731
+        seeds = split(args.seeds)
+        if seeds is not None and not all(s.isdigit() for s in seeds):
+            raise SystemExit(f"error: --seeds {args.seeds}: comma-separated whole numbers >= 0 (e.g. --seeds 0,1,2)")
+        study = load_study(args.study, seeds=None if seeds is None else [int(s) for s in seeds],
                            configurations=split(args.configs), datasets=split(args.datasets))
         extra = [*([f"paths.data_dir={args.data.expanduser().resolve()}"] if args.data else []), *args.overrides]
         result = bench_quality(study, args.out.expanduser().resolve(), extra)

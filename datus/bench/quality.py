@@ -299,6 +299,32 @@ def _settable(config_name: str, overrides: list[str]) -> list[str]:
     return kept
 
 
+def preflight(cells: list[Cell]) -> None:
+    """Compose every cell's command and check its dataset's folder, before any run starts: a typo in the
+    last row or a wrong ``--data`` fails now, naming the row, not after hours of the rows before it."""
+    from omegaconf import OmegaConf
+
+    from datus.cli.compose import compose_config
+
+    checked: set[str] = set()
+    for cell in cells:
+        script, overrides = Path(cell.command[1]).stem, [o for o in cell.command[3:] if not o.startswith("hydra.")]
+        try:
+            cfg = compose_config(script, overrides)
+        except Exception as err:  # noqa: BLE001 - Hydra's and OmegaConf's errors name the override
+            raise StudyError(f"configurations.{cell.config.name} on datasets.{cell.dataset.name}: "
+                             f"{' '.join(str(err).split())}") from None
+        root = OmegaConf.select(cfg, "dataset.root", default=None)
+        if root is None or cell.dataset.name in checked:
+            continue
+        checked.add(cell.dataset.name)
+        folder = Path(str(root)).expanduser()
+        folder = folder if folder.is_absolute() else REPO / folder  # the runs start in the repository
+        if not folder.is_dir():
+            raise StudyError(f"datasets.{cell.dataset.name}: dataset.root={root} is not a folder; pass --data DIR "
+                             "(the folder holding the study's datasets, e.g. camvid/ and suim/) or paths.data_dir=DIR")
+
+
 def _pending(cell: Cell, seeds: list[int]) -> list[int]:
     """Seeds of ``cell`` without a result, or all of them when its command changed since they ran."""
     if not cell.current():
@@ -537,9 +563,12 @@ def bench_quality(study: Study, out: Path, extra: list[str], *, quiet: bool = Fa
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     check_overrides(extra, "overrides for every run")
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise StudyError(f"--out {out} is a file: name a folder for the runs and the results")
     cells = plan(study, out, extra)
     work = [(cell, _pending(cell, cell.seeds(study))) for cell in cells]
+    preflight([cell for cell, seeds in work if seeds])
+    out.mkdir(parents=True, exist_ok=True)
     failures: dict[str, str] = {}
     total = sum(len(seeds) for _, seeds in work)
     planned = sum(len(cell.seeds(study)) for cell in cells)
