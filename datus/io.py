@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -233,9 +234,14 @@ def remember_digests(folder: str | Path | None) -> None:
     _MEMOS.clear()
 
 
+@functools.lru_cache(maxsize=4096)
+def _memo_name(directory: Path) -> str:
+    """The memo file's name for the files in ``directory`` (resolved once per folder, not per file)."""
+    return f"{hashlib.sha1(str(directory.resolve()).encode()).hexdigest()[:16]}.json"
+
+
 def _memo_file(path: Path) -> Path:
-    directory = str(path.parent.resolve())
-    return _MEMO_FOLDER / f"{hashlib.sha1(directory.encode()).hexdigest()[:16]}.json"
+    return _MEMO_FOLDER / _memo_name(path.parent.absolute())  # absolute: a later chdir cannot mislead the cache
 
 
 def _memo(memo_file: Path) -> dict[str, list]:
