@@ -222,6 +222,10 @@ _MEMO_FOLDER: Path | None = None
 #: The memo files read or grown by this process: memo file -> {file name: [dev, ino, size, mtime, ctime, digest]}.
 _MEMOS: dict[Path, dict[str, list]] = {}
 _UNSAVED: set[Path] = set()
+#: How many digests this process hashed since it last saved (the periodic save counts these, not memo hits).
+_HASHED_SINCE_SAVE = 0
+#: Save the memo after this many newly hashed files, so a long first pass over a large split keeps its progress.
+SAVE_EVERY = 5000
 
 
 def remember_digests(folder: str | Path | None) -> None:
@@ -256,7 +260,8 @@ def _memo(memo_file: Path) -> dict[str, list]:
 
 def save_digests() -> None:
     """Write the digests this process added to the memo folder (merged with what other processes
-    wrote there meanwhile); called at exit, and every few thousand new files."""
+    wrote there meanwhile); called at exit, and every ``SAVE_EVERY`` newly hashed files."""
+    global _HASHED_SINCE_SAVE
     for memo_file in sorted(_UNSAVED):
         try:
             on_disk = load_json(memo_file)
@@ -268,6 +273,7 @@ def save_digests() -> None:
         except OSError as err:  # a read-only or full cache: the next process reads the files again
             log.warning("could not keep file digests in %s: %s", memo_file, err)
     _UNSAVED.clear()
+    _HASHED_SINCE_SAVE = 0
 
 
 atexit.register(save_digests)
@@ -287,6 +293,7 @@ def file_digest(path: str | Path) -> str:
     results and one copied in again with new times still does. Read once while its stat stays the
     same (the change time moves on every write, and no one can set it back): once per process, or
     once for all with :func:`remember_digests`."""
+    global _HASHED_SINCE_SAVE
     stat = os.stat(path)
     key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)  # the file, not its name
     if key in _DIGESTS:
@@ -303,7 +310,8 @@ def file_digest(path: str | Path) -> str:
     if memo is not None:
         memo[Path(path).name] = [*key, _DIGESTS[key]]
         _UNSAVED.add(memo_file)
-        if len(_DIGESTS) % 5000 == 0:  # a long first pass over a large split keeps its progress
+        _HASHED_SINCE_SAVE += 1
+        if _HASHED_SINCE_SAVE >= SAVE_EVERY:
             save_digests()
     return _DIGESTS[key]
 

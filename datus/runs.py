@@ -144,9 +144,14 @@ def settings_key(settings: dict[str, Any]) -> str:
 
 
 def cache_entry(cache_dir: str | Path, kind: str, settings: dict[str, Any]) -> Path:
-    """``<cache_dir>/<kind>/<key>``: where outputs of ``settings`` are kept (created)."""
+    """``<cache_dir>/<kind>/<key>``: where outputs of ``settings`` are kept (created). Its ``.last_used``
+    is touched, so ``python -m datus.cache prune`` knows what runs still ask for (:mod:`datus.cache`)."""
     folder = Path(cache_dir).expanduser() / kind / settings_key(settings)
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        (folder / ".last_used").touch()
+    except OSError:  # a read-only cache shared by a group still serves its entries
+        pass
     return folder
 
 

@@ -16,7 +16,7 @@ PACKAGE = PROJECT_ROOT / "datus"
 #: Floors, lowest first: a module may import its own floor and the floors below, never above.
 FLOORS: list[tuple[str, list[str]]] = [
     ("ground", ["datus.io", "datus.masks", "datus.metrics", "datus.shards", "datus.backbones", "datus.data",
-                "datus.transforms", "datus.postprocess", "datus.figures", "datus.runs"]),
+                "datus.transforms", "datus.postprocess", "datus.figures", "datus.runs", "datus.cache"]),
     # what every trained stage shares: frozen features and their cache, resumable training, trained files
     ("shared", ["datus.features", "datus.training"]),
     ("discovery", ["datus.discovery"]),

@@ -164,3 +164,39 @@ def test_digests_are_kept_between_processes_and_a_changed_file_is_read_again(tmp
     assert [d for i, d in enumerate(changed["digests"]) if i != 1] == [d for i, d in enumerate(first["digests"]) if i != 1]
     (memo / next(p.name for p in memo.iterdir())).write_text("{garbled")  # a damaged memo is only a miss
     assert _digest_in_a_new_process(memo, paths)["digests"] == changed["digests"]
+
+
+def test_the_digest_memo_is_saved_every_so_many_newly_hashed_files_not_memo_hits(tmp_path, monkeypatch):
+    """A long first pass keeps its progress: the memo is written after every ``SAVE_EVERY`` files read,
+    however many digests were answered from the memo in between."""
+    import datus.io as io
+
+    photos = [skimage_data_dir() / name for name in DEMO_FILES[:4]]
+    paths = []
+    for i, photo in enumerate(photos):
+        paths.append(tmp_path / "data" / f"{i}{photo.suffix}")
+        paths[-1].parent.mkdir(exist_ok=True)
+        paths[-1].write_bytes(photo.read_bytes())
+    memo = tmp_path / "digests"
+    monkeypatch.setattr(io, "SAVE_EVERY", 2)
+
+    def on_disk():
+        files = list(memo.glob("*.json")) if memo.is_dir() else []
+        return set(json.loads(files[0].read_text())) if files else set()
+
+    try:
+        monkeypatch.setattr(io, "_DIGESTS", {})
+        io.remember_digests(memo)
+        io.file_digest(paths[0])
+        assert on_disk() == set()
+        io.file_digest(paths[1])
+        assert on_disk() == {"0" + paths[0].suffix, "1" + paths[1].suffix}
+        monkeypatch.setattr(io, "_DIGESTS", {})  # as in a new process: answers come from the memo file
+        io.remember_digests(memo)
+        io.file_digest(paths[0])  # a memo hit: not a file read, not counted
+        io.file_digest(paths[2])
+        assert paths[2].name not in on_disk()  # one file read since the last save
+        io.file_digest(paths[3])
+        assert {paths[2].name, paths[3].name} <= on_disk()
+    finally:
+        io.remember_digests(None)

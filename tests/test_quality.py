@@ -253,7 +253,9 @@ def test_quality_command_runs_a_study_resumes_and_reports(tmp_path, two_splits):
                             capture_output=True, text=True, timeout=1200)
     assert failed.returncode != 0 and "overcluster=0 must be a number" in failed.stderr
     result = json.loads((out / "quality.json").read_text())
-    assert result["stale"] == ["kmeans_patches/train"] and "kmeans_patches" not in result["table"]
+    # the narrowed call reports the whole study: the changed row is stale on both datasets, the rest stays
+    assert sorted(result["stale"]) == ["kmeans_patches/train", "kmeans_patches/val"] and "kmeans_patches" not in result["table"]
+    assert result["table"]["defaults"]["val"]["miou"]["n"] == 2 and result["table"]["refined"]["train"]["miou"]["n"] == 1
     assert (out / "runs" / "train" / "kmeans_patches" / "seconds.json").read_bytes() == seconds
     assert "Left out, made by an earlier command of their row" in (out / "quality.md").read_text()
 

@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
         study = load_study(args.study, seeds=None if seeds is None else [int(s) for s in seeds],
                            configurations=split(args.configs), datasets=split(args.datasets))
         extra = [*([f"paths.data_dir={args.data.expanduser().resolve()}"] if args.data else []), *args.overrides]
-        result = bench_quality(study, args.out.expanduser().resolve(), extra)
+        # the tables cover the whole study: a narrowed call adds its runs to them, it does not replace them
+        result = bench_quality(study, args.out.expanduser().resolve(), extra, report=load_study(args.study))
         print(to_markdown(result))
         print(f"written: {args.out / 'quality.md'}, quality.json, quality.png")
         if result["failed"]:

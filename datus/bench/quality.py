@@ -556,10 +556,13 @@ def write_results(result: dict[str, Any], out: Path) -> None:
     save_figure(out / "quality.png", figure(result))
 
 
-def bench_quality(study: Study, out: Path, extra: list[str], *, quiet: bool = False) -> dict[str, Any]:
+def bench_quality(study: Study, out: Path, extra: list[str], *, quiet: bool = False,
+                  report: Study | None = None) -> dict[str, Any]:
     """Run every cell's missing seeds (sources first), then write and return the results.
 
-    A cell whose run fails is reported (its error line and log) and left out; the others go on."""
+    A cell whose run fails is reported (its error line and log) and left out; the others go on. The
+    results cover ``report`` (default: ``study``): a call narrowed to some rows, datasets or seeds runs
+    only those, but its tables keep every finished run of the whole study in ``out``."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     check_overrides(extra, "overrides for every run")
@@ -597,7 +600,7 @@ def bench_quality(study: Study, out: Path, extra: list[str], *, quiet: bool = Fa
                 scores = [cell.result(s) for s in seeds]
                 mious = " ".join(f"{100 * r['miou']:.1f}" if r else "?" for r in scores)
                 progress.console.print(f"{name}: mIoU {mious} ({minutes:.1f} min)")
-    result = collect(study, cells)
+    result = collect(report, plan(report, out, extra)) if report is not None else collect(study, cells)
     result["failed"] = failures
     write_results(result, out)
     return result
