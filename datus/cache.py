@@ -24,6 +24,8 @@ LAST_USED = ".last_used"
 #: Folders of the cache that are not ``<kind>/<key>`` entries: the unpacked packaged weights and the
 #: file-digest memo (both small, both read by every run); listed, never pruned.
 NOT_ENTRIES = frozenset({"weights", "digests"})
+#: An entry being removed is first renamed to ``<kind>/.removing-<key>-<pid>`` (a killed prune leaves it).
+REMOVING = ".removing-"
 
 
 @dataclass
@@ -67,7 +69,7 @@ def entries(cache_dir: str | Path) -> list[Entry]:
         raise FileNotFoundError(f"--cache-dir {root}: no such folder (the runs' cache_dir / paths.cache_dir)")
     found = []
     for kind in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in NOT_ENTRIES):
-        for folder in sorted(p for p in kind.iterdir() if p.is_dir()):
+        for folder in sorted(p for p in kind.iterdir() if p.is_dir() and not p.name.startswith(REMOVING)):
             size, newest = _walk(folder)
             stamp = folder / LAST_USED
             found.append(Entry(kind.name, folder, size, stamp.stat().st_mtime if stamp.exists() else newest))
@@ -102,13 +104,16 @@ def prune(cache_dir: str | Path, *, unused_days: float, kinds: list[str] | None 
             raise ValueError(f"--kind {','.join(unknown)}: no such kind in {cache_dir} (kinds: {known})")
     old = [e for e in every if e.days_unused >= unused_days and (not kinds or e.kind in kinds)]
     removed, busy = [], []
+    if not dry_run:  # what an earlier prune, killed while removing, left behind
+        for leftover in Path(cache_dir).expanduser().glob(f"*/{REMOVING}*"):
+            shutil.rmtree(leftover, ignore_errors=True)
     for entry in old:
         if _held(entry):
             busy.append(entry)
             continue
         if not dry_run:
             # renamed first, so a run never finds a half-removed entry under its key (it recomputes instead)
-            doomed = entry.path.with_name(f".removing-{entry.path.name}-{os.getpid()}")
+            doomed = entry.path.with_name(f"{REMOVING}{entry.path.name}-{os.getpid()}")
             os.replace(entry.path, doomed)
             shutil.rmtree(doomed, ignore_errors=True)
         removed.append(entry)
@@ -144,7 +149,9 @@ def main(argv: list[str] | None = None) -> None:
     listing = sub.add_parser("list", help="what the cache holds, by kind")
     listing.add_argument("--entries", action="store_true", help="also every entry, least recently used first")
     cut = sub.add_parser("prune", help="remove the entries no run has used for some days")
-    cut.add_argument("--unused-days", type=float, required=True, help="remove entries unused for this many days")
+    cut.add_argument("--unused-days", type=float, required=True,
+                     help="remove entries unused for this many days (0: every entry no job holds the lock of; a "
+                          "run that is only reading an entry holds none, so prune while no run uses the cache)")
     cut.add_argument("--kind", default=None, help="only these kinds, comma-separated (e.g. features,discovery)")
     cut.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
     args = parser.parse_args(argv)

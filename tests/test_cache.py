@@ -49,6 +49,11 @@ def test_prune_removes_what_no_run_used_and_a_rerun_recomputes_it_identically(tm
     assert {e.path for e in removed} == {e.path for e in old} and not busy
     assert {e.path for e in entries(cache)} == kept and not any(e.path.exists() for e in old)
     assert not list(cache.glob("*/.removing-*"))
+    leftover = cache / old[0].kind / f".removing-{old[0].path.name}-1"  # a prune killed while removing
+    leftover.mkdir()
+    (leftover / "shard.npy").write_bytes(b"x")
+    assert leftover not in {e.path for e in entries(cache)}
+    assert prune(cache, unused_days=5) == ([], []) and not leftover.exists()
 
     # the kept run still reads its cache; the pruned one computes its entries again, to the same masks
     run_discover(tmp_path / "graph2", [*COMMON, f"paths.cache_dir={cache}"])
