@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-#: Touched by :func:`datus.runs.cache_entry` whenever a run is handed the entry.
-LAST_USED = ".last_used"
+from datus.runs import LAST_USED
+
 #: Folders of the cache that are not ``<kind>/<key>`` entries: the unpacked packaged weights and the
 #: file-digest memo (both small, both read by every run); listed, never pruned.
 NOT_ENTRIES = frozenset({"weights", "digests"})

@@ -143,13 +143,17 @@ def settings_key(settings: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+#: Touched in a cache entry whenever a run is handed it: ``python -m datus.cache prune`` reads it.
+LAST_USED = ".last_used"
+
+
 def cache_entry(cache_dir: str | Path, kind: str, settings: dict[str, Any]) -> Path:
     """``<cache_dir>/<kind>/<key>``: where outputs of ``settings`` are kept (created). Its ``.last_used``
     is touched, so ``python -m datus.cache prune`` knows what runs still ask for (:mod:`datus.cache`)."""
     folder = Path(cache_dir).expanduser() / kind / settings_key(settings)
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        (folder / ".last_used").touch()
+        (folder / LAST_USED).touch()
     except OSError:  # a read-only cache shared by a group still serves its entries
         pass
     return folder
