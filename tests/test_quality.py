@@ -218,10 +218,10 @@ def test_quality_command_runs_a_study_resumes_and_reports(tmp_path, two_splits):
     assert len(runs) == 12
     for (config, _, _), run in runs.items():
         if config == "refined":
-            refined = json.loads((Path(run["run"]) / "train_summary.json").read_text())["rounds"][-1]
+            refined = json.loads((out / run["run"] / "train_summary.json").read_text())["rounds"][-1]
             assert run["miou"] == refined["refined_train_miou"]
         else:
-            assert run["miou"] == json.loads((Path(run["run"]) / "metrics.json").read_text())["miou"]
+            assert run["miou"] == json.loads((out / run["run"] / "metrics.json").read_text())["miou"]
     trained_on = json.loads((out / "runs" / "val" / "refined" / "seed0" / "train_summary.json").read_text())
     assert trained_on["rounds"][0]["pseudo_masks"] == str(out / "runs" / "val" / "defaults" / "seed0" / "pseudo_masks")
     assert table["refined"]["val"]["miou"]["n"] == 1 and "(1 seed)" in (out / "quality.md").read_text()
@@ -258,6 +258,20 @@ def test_quality_command_runs_a_study_resumes_and_reports(tmp_path, two_splits):
     assert result["table"]["defaults"]["val"]["miou"]["n"] == 2 and result["table"]["refined"]["train"]["miou"]["n"] == 1
     assert (out / "runs" / "train" / "kmeans_patches" / "seconds.json").read_bytes() == seconds
     assert "Left out, made by an earlier command of their row" in (out / "quality.md").read_text()
+    # the row's settings restored (its failed rerun replaced nothing), and the study folder moved elsewhere
+    # (scratch to home): the records name paths under --out, so every run counts again and none is redone
+    study["configurations"]["kmeans_patches"].pop()
+    path.write_text(yaml.safe_dump(study))
+    moved = tmp_path / "moved" / "quality"
+    moved.parent.mkdir()
+    shutil.move(out, moved)
+    command[command.index("--out") + 1] = str(moved)
+    again = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1200)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "0 runs to do (12 finished before)" in again.stderr
+    result = json.loads((moved / "quality.json").read_text())
+    assert result["stale"] == [] and len(result["runs"]) == 12
+    assert all((moved / run["run"] / "pseudo_masks").is_dir() for run in result["runs"] if run["configuration"] != "refined")
 
 
 def test_the_quality_command_refuses_what_is_not_one_override_before_any_run(tmp_path):

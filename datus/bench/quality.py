@@ -18,7 +18,8 @@ Every (configuration, dataset) is one Hydra multirun of the README's command ove
 finished yet (``labeling.kmeans.seed``; ``train.py``'s ``seed``), into
 ``<out>/runs/<dataset>/<configuration>/seed<s>/``: the backbone passes come from the settings-keyed
 cache, so a seed re-runs only the labelling. A killed study resumes where it stopped; a
-configuration whose overrides changed is rerun. The result is ``quality.json`` (every run and the
+configuration whose overrides changed is rerun; the folder may be moved or copied (its records name
+paths relative to ``<out>``). The result is ``quality.json`` (every run, by its folder under ``<out>``, and the
 aggregates), ``quality.md`` (mean ± std per dataset, the paired difference to the baseline, and
 each row's wall minutes: the first seed, cold when the cache was, and the slowest later one) and
 ``quality.png`` (bars with the seed spread).
@@ -218,6 +219,8 @@ class Cell:
     dataset: Dataset
     folder: Path
     command: list[str]
+    #: the study's ``--out``: the recorded command and ``quality.json`` name paths relative to it
+    out: Path
 
     def seeds(self, study: Study) -> list[int]:
         return study.seeds if self.config.seeds is None else self.config.seeds
@@ -226,9 +229,14 @@ class Cell:
         return self.folder / f"seed{seed}"
 
     def current(self) -> bool:
-        """Whether the runs in ``folder`` were made by this cell's command (or no command is recorded)."""
+        """Whether the runs in ``folder`` were made by this cell's command (or no command is recorded). The
+        record names ``--out`` as ``<out>``, so a study folder moved or copied elsewhere stays current; a
+        record written before that (absolute paths) still counts where it was made."""
         record = self.folder / "command.json"
-        return not record.is_file() or load_json(record) == _recorded(self)
+        if not record.is_file():
+            return True
+        recorded = load_json(record)
+        return recorded == _recorded(self) or recorded == self.command[1:]
 
     def result_file(self, seed: int) -> Path:
         run = self.run_dir(seed)
@@ -257,7 +265,7 @@ def plan(study: Study, out: Path, extra: list[str]) -> list[Cell]:
             if config.kind == "inductive" and dataset.fit_on is None:
                 continue
             folder = out / "runs" / dataset.name / config.name
-            cells.append(Cell(config, dataset, folder, _command(study, config, dataset, out, extra)))
+            cells.append(Cell(config, dataset, folder, _command(study, config, dataset, out, extra), out))
     return cells
 
 
@@ -332,9 +340,22 @@ def _pending(cell: Cell, seeds: list[int]) -> list[int]:
     return [s for s in seeds if cell.result(s) is None]
 
 
+#: how a recorded command names the study's ``--out``
+OUT = "<out>"
+
+
 def _recorded(cell: Cell) -> list[str]:
-    """The command as recorded (without the interpreter's path, which may differ between machines)."""
-    return cell.command[1:]
+    """The command as recorded: without the interpreter's path (which may differ between machines), and
+    with ``--out`` as :data:`OUT` in every ``key=path`` under it (so moving the study changes nothing)."""
+    out = str(cell.out)
+
+    def relative(arg: str) -> str:
+        key, sep, value = arg.partition("=")
+        if sep and (value == out or value.startswith(out + os.sep)):
+            return f"{key}={OUT}{value[len(out):]}"
+        return arg
+
+    return [relative(arg) for arg in cell.command[1:]]
 
 
 def run_cell(cell: Cell, seeds: list[int], progress=None, task=None) -> str | None:
@@ -430,7 +451,7 @@ def collect(study: Study, cells: list[Cell]) -> dict[str, Any]:
         timed = {s: timed[str(s)] for s in done if str(s) in timed}
         for seed, result in done.items():
             runs.append({"configuration": cell.config.name, "dataset": cell.dataset.name, "seed": seed,
-                         "run": str(cell.run_dir(seed)), **result,
+                         "run": str(cell.run_dir(seed).relative_to(cell.out)), **result,
                          "seconds": timed[seed]["seconds"] if seed in timed else None})
         if not done:
             continue
