@@ -94,7 +94,7 @@ def prune(cache_dir: str | Path, *, unused_days: float, kinds: list[str] | None 
           dry_run: bool = False) -> tuple[list[Entry], list[Entry]]:
     """Remove the entries no run has used for ``unused_days`` days (only of ``kinds`` if given);
     returns (removed, kept because a job holds their lock). ``dry_run``: remove nothing."""
-    if unused_days < 0:
+    if not unused_days >= 0:  # also NaN, which no age would reach (a prune that silently removes nothing)
         raise ValueError(f"--unused-days {unused_days}: a number of days >= 0")
     every = entries(cache_dir)
     if kinds:

@@ -94,8 +94,9 @@ def test_prune_leaves_an_entry_a_running_job_holds_and_refuses_bad_input(tmp_pat
     assert sorted(e.kind for e in removed) == ["discovery", "features"] and not busy and entries(cache) == []
     with pytest.raises(ValueError, match="--kind nope: no such kind"):
         prune(cache, unused_days=1, kinds=["nope"])
-    with pytest.raises(ValueError, match="--unused-days -1"):
-        prune(cache, unused_days=-1)
+    for days in (-1, float("nan")):  # NaN: no age reaches it, a prune that would silently remove nothing
+        with pytest.raises(ValueError, match=f"--unused-days {days}"):
+            prune(cache, unused_days=days)
     cli = [sys.executable, "-m", "datus.cache", "--cache-dir"]
     listing = subprocess.run([*cli, str(cache), "list", "--entries"], cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert listing.returncode == 0 and "| all | 0 | 0 B |" in listing.stdout

@@ -294,6 +294,20 @@ def test_the_quality_command_refuses_what_is_not_one_override_before_any_run(tmp
                                    "configurations": {"mine": ["method=stego", "feature_head stego"]}}))
     with pytest.raises(StudyError, match=r"configurations\.mine: 'feature_head stego' is not a Hydra override"):
         load_study(str(bad))
+    # seeds: a seed named twice would run twice into one folder; an empty list would mean the study's
+    with pytest.raises(StudyError, match=r"--seeds names seed 1 more than once"):
+        load_study("peers", seeds=[1, 0, 1])
+    for seeds, where in (("0,1", r"study\.yaml: seeds"), ([], r"study\.yaml: seeds"), ([0, -1], r"study\.yaml: seeds"),
+                         ({"own": [0, True]}, r"configurations\.mine\.seeds")):
+        own = seeds.pop("own") if isinstance(seeds, dict) else None
+        bad.write_text(yaml.safe_dump({"datasets": {"val": ["dataset=camvid"]}, "seeds": [0, 1] if own else seeds,
+                                       "configurations": {"mine": {"overrides": [], "seeds": own} if own else []}}))
+        with pytest.raises(StudyError, match=f"{where} must be a non-empty list of whole numbers >= 0"):
+            load_study(str(bad))
+    for option in ("--seeds", "--configs", "--datasets"):  # `--configs ""` would otherwise run every row
+        empty = subprocess.run([sys.executable, "-m", "datus.bench", "quality", "--study", "peers", option, "0,"],
+                               cwd=PROJECT_ROOT, capture_output=True, text=True)
+        assert empty.returncode != 0 and f"error: {option} '0,': comma-separated, none empty" in empty.stderr
 
 
 # ------------------------------------------------------------------------------ clustering that does not depend on luck

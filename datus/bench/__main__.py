@@ -69,12 +69,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.bench == "quality":
         from datus.bench.quality import bench_quality, load_study, to_markdown
 
-        split = lambda value: None if value is None else [v.strip() for v in value.split(",") if v.strip()]  # noqa: E731
-        seeds = split(args.seeds)
+        def split(option: str, value: str | None, example: str) -> list[str] | None:
+            names = None if value is None else [v.strip() for v in value.split(",")]
+            if names is not None and not all(names):  # `--configs ""` would otherwise mean every row
+                raise SystemExit(f"error: {option} {value!r}: comma-separated, none empty (e.g. {option} {example})")
+            return names
+
+        seeds = split("--seeds", args.seeds, "0,1,2")
         if seeds is not None and not all(s.isdigit() for s in seeds):
             raise SystemExit(f"error: --seeds {args.seeds}: comma-separated whole numbers >= 0 (e.g. --seeds 0,1,2)")
         study = load_study(args.study, seeds=None if seeds is None else [int(s) for s in seeds],
-                           configurations=split(args.configs), datasets=split(args.datasets))
+                           configurations=split("--configs", args.configs, "defaults,kmeans_patches"),
+                           datasets=split("--datasets", args.datasets, "camvid_val,suim"))
         extra = [*([f"paths.data_dir={args.data.expanduser().resolve()}"] if args.data else []), *args.overrides]
         # the tables cover the whole study: a narrowed call adds its runs to them, it does not replace them
         result = bench_quality(study, args.out.expanduser().resolve(), extra, report=load_study(args.study))

@@ -112,6 +112,19 @@ class Study:
         return [self.configurations[name] for name in done]
 
 
+def _seed_list(value: Any, where: str) -> list[int]:
+    """``value`` as k-means seeds: a non-empty list of distinct whole numbers >= 0 (a seed named twice
+    would run twice into one folder)."""
+    ok = isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                                   for v in value)
+    if not ok:
+        raise StudyError(f"{where} must be a non-empty list of whole numbers >= 0, got {value!r}")
+    twice = sorted({v for v in value if value.count(v) > 1})
+    if twice:
+        raise StudyError(f"{where} names seed {', '.join(map(str, twice))} more than once: {value!r}")
+    return [int(v) for v in value]
+
+
 def _strings(value: Any, where: str) -> list[str]:
     if value is None:
         return []
@@ -170,12 +183,14 @@ def load_study(study: str | Path, *, seeds: list[int] | None = None, configurati
             raise StudyError(f"{path}: configurations.{name} is inductive or refine, not both")
         kind = kinds[0] if kinds else "discover"
         own = node.get("seeds")
-        if own is not None and (not isinstance(own, list) or not all(isinstance(v, int) for v in own)):
-            raise StudyError(f"{path}: configurations.{name}.seeds must be a list of whole numbers, got {own!r}")
+        if own is not None:
+            own = _seed_list(own, f"{path}: configurations.{name}.seeds")
         configs[name] = Configuration(name, _strings(node.get("overrides"), f"{path}: configurations.{name}"), kind,
                                       node.get(kind) if kinds else None, own)
         check_overrides(configs[name].overrides, f"{path}: configurations.{name}")
-    result = Study(found, configs, raw.get("baseline"), [int(s) for s in (seeds or raw.get("seeds") or [0])])
+    study_seeds = _seed_list(raw["seeds"], f"{path}: seeds") if raw.get("seeds") is not None else [0]
+    result = Study(found, configs, raw.get("baseline"),
+                   study_seeds if seeds is None else _seed_list(seeds, "--seeds"))
     for config in configs.values():  # a row's own seeds, within the study's (--seeds narrows both)
         if config.seeds is not None:
             config.seeds = [s for s in config.seeds if s in result.seeds]
