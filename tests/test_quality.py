@@ -225,6 +225,13 @@ def test_quality_command_runs_a_study_resumes_and_reports(tmp_path, two_splits):
     trained_on = json.loads((out / "runs" / "val" / "refined" / "seed0" / "train_summary.json").read_text())
     assert trained_on["rounds"][0]["pseudo_masks"] == str(out / "runs" / "val" / "defaults" / "seed0" / "pseudo_masks")
     assert table["refined"]["val"]["miou"]["n"] == 1 and "(1 seed)" in (out / "quality.md").read_text()
+    # IoU per class, mean over the seeds: where a mIoU difference comes from (refined rows too)
+    per_seed = [json.loads((out / runs[("defaults", "val", s)]["run"] / "metrics.json").read_text())["per_class_iou"]
+                for s in (0, 1)]
+    for name, value in table["defaults"]["val"]["per_class_iou"].items():
+        assert value["mean"] == pytest.approx(100 * np.mean([p[name] for p in per_seed])) and value["n"] == 2
+    assert set(table["refined"]["val"]["per_class_iou"]) == set(per_seed[0])
+    assert "IoU per class on val in %" in (out / "quality.md").read_text()
     values = [runs[("defaults", "train", s)]["miou"] * 100 for s in (0, 1)]
     assert table["defaults"]["train"]["miou"]["mean"] == pytest.approx(np.mean(values))
     assert table["defaults"]["train"]["miou"]["std"] == pytest.approx(np.std(values, ddof=1))

@@ -20,8 +20,8 @@ finished yet (``labeling.kmeans.seed``; ``train.py``'s ``seed``), into
 cache, so a seed re-runs only the labelling. A killed study resumes where it stopped; a
 configuration whose overrides changed is rerun; the folder may be moved or copied (its records name
 paths relative to ``<out>``). The result is ``quality.json`` (every run, by its folder under ``<out>``, and the
-aggregates), ``quality.md`` (mean ± std per dataset, the paired difference to the baseline, and
-each row's wall minutes: the first seed, cold when the cache was, and the slowest later one) and
+aggregates), ``quality.md`` (mean ± std per dataset, the paired difference to the baseline, the IoU of each
+class, and each row's wall minutes: the first seed, cold when the cache was, and the slowest later one) and
 ``quality.png`` (bars with the seed spread).
 """
 
@@ -270,6 +270,17 @@ class Cell:
             return {"miou": last["refined_train_miou"], "pixel_accuracy": last["refined_train_pixel_accuracy"]}
         return {"miou": data["miou"], "pixel_accuracy": data["pixel_accuracy"]}
 
+    def per_class_iou(self, seed: int) -> dict[str, float | None] | None:
+        """A finished seed's IoU per ground-truth class (fractions), None where its run did not record them
+        (a refinement from before they were kept)."""
+        path = self.result_file(seed)
+        if not path.is_file():
+            return None
+        data = load_json(path)
+        if self.config.kind == "refine":
+            return (data.get("rounds") or [{}])[-1].get("refined_train_per_class_iou")
+        return data.get("per_class_iou")
+
 
 def plan(study: Study, out: Path, extra: list[str]) -> list[Cell]:
     """Every (configuration, dataset) cell, sources first; an inductive configuration runs on the
@@ -478,6 +489,9 @@ def collect(study: Study, cells: list[Cell]) -> dict[str, Any]:
             later = [t["seconds"] / 60 for t in timed.values() if not t["first"]]
             entry["minutes"] = {"first": max(first) if first else None, "later_max": max(later) if later else None,
                                 "total": sum(t["seconds"] for t in timed.values()) / 60}
+        classes = _per_class_mean([cell.per_class_iou(s) for s in done])
+        if classes:
+            entry["per_class_iou"] = classes
         base = by_cell.get((study.baseline, cell.dataset.name)) if study.baseline else None
         if base is not None and cell.config.name != study.baseline:
             paired = [(done[s]["miou"] - b["miou"]) for s in done if (b := base.result(s)) is not None]
@@ -489,6 +503,43 @@ def collect(study: Study, cells: list[Cell]) -> dict[str, Any]:
                                    "seeds": c.seeds if c.seeds is not None else study.seeds}
                                for n, c in study.configurations.items()},
             "table": table, "runs": runs, "stale": stale}
+
+
+def _per_class_mean(seeds: list[dict[str, float | None] | None]) -> dict[str, dict[str, float | int]]:
+    """Per class: the mean IoU in % over the seeds that recorded it, and their count (a row's seeds all
+    have them, or only the runs made since they were kept)."""
+    recorded = [s for s in seeds if s]
+    classes = list(dict.fromkeys(c for s in recorded for c in s))
+    mean = {}
+    for name in classes:
+        values = [100 * float(s[name]) for s in recorded if s.get(name) is not None]
+        if values:
+            mean[name] = {"mean": float(np.mean(values)), "n": len(values)}
+    return mean
+
+
+def _class_tables(result: dict[str, Any]) -> list[str]:
+    """Per dataset, the IoU of each class (mean over seeds) for every row: where a mIoU difference comes from."""
+    lines, fewer = [], False
+    for dataset in result["datasets"]:
+        rows = [(name, result["table"].get(name, {}).get(dataset, {})) for name in result["configurations"]]
+        rows = [(name, entry) for name, entry in rows if entry.get("per_class_iou")]
+        if not rows:
+            continue
+        names = list(dict.fromkeys(c for _, entry in rows for c in entry["per_class_iou"]))
+        lines += ["", f"IoU per class on {dataset} in %, mean over the seeds", "",
+                  "| configuration | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for name, entry in rows:
+            cells = []
+            for c in names:
+                value = entry["per_class_iou"].get(c)
+                short = value is not None and value["n"] < len(entry["seeds"])
+                fewer |= short
+                cells.append("-" if value is None else f"{value['mean']:.1f}{'*' if short else ''}")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if fewer:
+        lines += ["", "\\* over fewer seeds than the row's mIoU: the runs made before per-class IoU was kept lack it"]
+    return lines
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -520,6 +571,7 @@ def to_markdown(result: dict[str, Any]) -> str:
                 diff = table.get(name, {}).get(dataset, {}).get("vs_baseline")
                 cells.append("-" if diff is None else f"{diff['mean']:+.1f} ({diff['min']:+.1f} .. {diff['max']:+.1f})")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += _class_tables(result)
     lines += _minutes_table(result, header)
     if result.get("stale"):
         lines += ["", "Left out, made by an earlier command of their row (run the study again to replace them): "

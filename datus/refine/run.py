@@ -133,6 +133,7 @@ def run_refinement(
             if result:
                 entry["refined_train_miou"] = result["miou"]
                 entry["refined_train_pixel_accuracy"] = result["pixel_accuracy"]
+                entry["refined_train_per_class_iou"] = result.get("per_class_iou")
             masks = target / "pseudo_masks"
             log.info("refined masks of %s: %s", train_set.split, masks)
         history.append(entry)
