@@ -613,27 +613,34 @@ def _minutes_table(result: dict[str, Any], header: str) -> list[str]:
 
 
 def figure(result: dict[str, Any]):
-    """Bars per dataset, one per configuration, with the seed spread (± std) as error bars."""
+    """Bars per dataset, one per configuration that has runs: the mean, the seed spread (± std) as error
+    bars and each seed's value as a dot (how many seeds, and whether one of them is an outlier)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    datasets, table, names = result["datasets"], result["table"], list(result["configurations"])
-    fig, axes = plt.subplots(1, 2, figsize=(max(7, 1.8 * len(datasets) * 2), 4.2))
+    datasets, table = result["datasets"], result["table"]
+    names = [n for n in result["configurations"] if table.get(n)] or list(result["configurations"])
+    fig, axes = plt.subplots(1, 2, figsize=(max(7, 1.8 * len(datasets) * 2), 4.2 + 0.18 * ((len(names) + 3) // 4)))
     width = 0.8 / max(len(names), 1)
+    colours = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
     for ax, metric, label in zip(axes, ("miou", "pixel_accuracy"), ("mIoU (%)", "pixel accuracy (%)")):
         for i, name in enumerate(names):
             x = [d + (i - (len(names) - 1) / 2) * width for d in range(len(datasets))]
             entries = [table.get(name, {}).get(d, {}).get(metric) for d in datasets]
             ax.bar(x, [e["mean"] if e else 0 for e in entries], width, yerr=[e["std"] if e else 0 for e in entries],
-                   capsize=3, label=name)
+                   capsize=2, label=name, color=colours(i % colours.N), alpha=0.85)
+            for xi, entry in zip(x, entries):
+                if entry:
+                    ax.plot([xi] * len(entry["values"]), entry["values"], ".", color="black", markersize=2.5)
         ax.set_xticks(range(len(datasets)), datasets)
         ax.set_ylabel(label)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"mean ± std over seeds {result['seeds']}", fontsize=9)
-    fig.tight_layout()
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=min(len(names), 4), fontsize=7,
+               frameon=False)
+    fig.suptitle(f"mean ± std over seeds {result['seeds']} (dots: each seed)", fontsize=9)
+    fig.tight_layout(rect=(0, 0.05 * ((len(names) + 3) // 4), 1, 1))
     return fig
 
 
