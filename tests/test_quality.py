@@ -279,6 +279,15 @@ def test_quality_command_runs_a_study_resumes_and_reports(tmp_path, two_splits):
     result = json.loads((moved / "quality.json").read_text())
     assert result["stale"] == [] and len(result["runs"]) == 12
     assert all((moved / run["run"] / "pseudo_masks").is_dir() for run in result["runs"] if run["configuration"] != "refined")
+    # --report runs nothing and writes the tables from the finished runs (e.g. while another call runs the study)
+    (moved / "quality.md").unlink()
+    report = subprocess.run([*command, "--report"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "runs to do" not in report.stderr and json.loads((moved / "quality.json").read_text())["table"] == result["table"]
+    assert "IoU per class on train" in (moved / "quality.md").read_text()
+    narrowed = subprocess.run([*command, "--report", "--configs", "defaults"], cwd=PROJECT_ROOT, capture_output=True,
+                              text=True, timeout=600)
+    assert narrowed.returncode != 0 and "--report writes the tables of the whole study" in narrowed.stderr
 
 
 def test_the_quality_command_refuses_what_is_not_one_override_before_any_run(tmp_path):

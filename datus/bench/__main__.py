@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     quality.add_argument("--configs", default=None, help="only these configurations (and what they read)")
     quality.add_argument("--datasets", default=None, help="only these datasets (and their fit_on)")
     quality.add_argument("--out", type=Path, default=Path("out/quality"), help="where runs and results go")
+    quality.add_argument("--report", action="store_true",
+                         help="run nothing: write the tables from the runs finished in --out (with the options "
+                              "the study ran with, e.g. --data), as while another call is running the study")
     quality.add_argument("overrides", nargs="*", help="overrides for every run, e.g. cache_dir=DIR")
     child = sub.add_parser("memory-child", help=argparse.SUPPRESS)
     child.add_argument("--images", type=int, required=True)
@@ -75,6 +78,9 @@ def main(argv: list[str] | None = None) -> None:
                 raise SystemExit(f"error: {option} {value!r}: comma-separated, none empty (e.g. {option} {example})")
             return names
 
+        if args.report and (args.seeds or args.configs or args.datasets):
+            raise SystemExit("error: --report writes the tables of the whole study: leave out --seeds, --configs "
+                             "and --datasets (they narrow what a call runs)")
         seeds = split("--seeds", args.seeds, "0,1,2")
         if seeds is not None and not all(s.isdigit() for s in seeds):
             raise SystemExit(f"error: --seeds {args.seeds}: comma-separated whole numbers >= 0 (e.g. --seeds 0,1,2)")
@@ -83,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
                            datasets=split("--datasets", args.datasets, "camvid_val,suim"))
         extra = [*([f"paths.data_dir={args.data.expanduser().resolve()}"] if args.data else []), *args.overrides]
         # the tables cover the whole study: a narrowed call adds its runs to them, it does not replace them
-        result = bench_quality(study, args.out.expanduser().resolve(), extra, report=load_study(args.study))
+        result = bench_quality(study, args.out.expanduser().resolve(), extra, report=load_study(args.study),
+                               run=not args.report)
         print(to_markdown(result))
         print(f"written: {args.out / 'quality.md'}, quality.json, quality.png")
         if result["failed"]:

@@ -652,18 +652,26 @@ def write_results(result: dict[str, Any], out: Path) -> None:
 
 
 def bench_quality(study: Study, out: Path, extra: list[str], *, quiet: bool = False,
-                  report: Study | None = None) -> dict[str, Any]:
+                  report: Study | None = None, run: bool = True) -> dict[str, Any]:
     """Run every cell's missing seeds (sources first), then write and return the results.
 
     A cell whose run fails is reported (its error line and log) and left out; the others go on. The
     results cover ``report`` (default: ``study``): a call narrowed to some rows, datasets or seeds runs
-    only those, but its tables keep every finished run of the whole study in ``out``."""
+    only those, but its tables keep every finished run of the whole study in ``out``. ``run=False``
+    runs nothing and writes the tables from the finished runs."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     check_overrides(extra, "overrides for every run")
     if out.exists() and not out.is_dir():
         raise StudyError(f"--out {out} is a file: name a folder for the runs and the results")
     cells = plan(study, out, extra)
+    if not run:
+        if not (out / "runs").is_dir():
+            raise StudyError(f"--out {out} holds no runs of a study: nothing to report")
+        result = collect(report or study, plan(report, out, extra) if report is not None else cells)
+        result["failed"] = {}
+        write_results(result, out)
+        return result
     work = [(cell, _pending(cell, cell.seeds(study))) for cell in cells]
     preflight([cell for cell, seeds in work if seeds])
     out.mkdir(parents=True, exist_ok=True)
