@@ -38,6 +38,8 @@ class DenseCRF:
         import pydensecrf.densecrf as dcrf
 
         image = np.ascontiguousarray(image, dtype=np.uint8)
+        if not image.flags.writeable:  # np.asarray(PIL image) is read-only; pydensecrf asks for a writable buffer
+            image = image.copy()
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"the CRF needs an (H, W, 3) RGB image, got {image.shape}")
         height, width = image.shape[:2]

@@ -158,6 +158,9 @@ def test_the_crf_keeps_labels_in_range_and_moves_a_boundary_to_the_image_edge():
     assert abs(boundary(plain) - 40) >= 6
     assert abs(boundary(sharp) - 40) < abs(boundary(plain) - 40) / 3
     assert (sharp[:, :38] == 0).all() and (sharp[:, 42:] == 1).all()
+    # a photo as np.asarray(PIL image) gives it: a read-only buffer, which pydensecrf alone refuses
+    image.setflags(write=False)
+    assert np.array_equal(DenseCRF()(image, grid), sharp)
 
 
 def test_refined_masks_through_the_crf(photos, tmp_path):
