@@ -257,8 +257,10 @@ class Cell:
         run = self.run_dir(seed)
         return run / "train_summary.json" if self.config.kind == "refine" else run / "metrics.json"
 
-    def result(self, seed: int) -> dict[str, float] | None:
-        """mIoU and pixel accuracy (fractions) of a finished seed, None if it has not finished."""
+    def scores(self, seed: int) -> dict[str, Any] | None:
+        """A finished seed's mIoU and pixel accuracy (fractions) and its IoU per ground-truth class (None
+        where its run did not record them: a refinement from before they were kept), read in one go; None if
+        the seed has not finished."""
         path = self.result_file(seed)
         if not path.is_file():
             return None
@@ -267,19 +269,14 @@ class Cell:
             last = (data.get("rounds") or [{}])[-1]
             if last.get("refined_train_miou") is None:
                 return None
-            return {"miou": last["refined_train_miou"], "pixel_accuracy": last["refined_train_pixel_accuracy"]}
-        return {"miou": data["miou"], "pixel_accuracy": data["pixel_accuracy"]}
+            return {"miou": last["refined_train_miou"], "pixel_accuracy": last["refined_train_pixel_accuracy"],
+                    "per_class_iou": last.get("refined_train_per_class_iou")}
+        return {"miou": data["miou"], "pixel_accuracy": data["pixel_accuracy"], "per_class_iou": data.get("per_class_iou")}
 
-    def per_class_iou(self, seed: int) -> dict[str, float | None] | None:
-        """A finished seed's IoU per ground-truth class (fractions), None where its run did not record them
-        (a refinement from before they were kept)."""
-        path = self.result_file(seed)
-        if not path.is_file():
-            return None
-        data = load_json(path)
-        if self.config.kind == "refine":
-            return (data.get("rounds") or [{}])[-1].get("refined_train_per_class_iou")
-        return data.get("per_class_iou")
+    def result(self, seed: int) -> dict[str, float] | None:
+        """mIoU and pixel accuracy (fractions) of a finished seed, None if it has not finished."""
+        scores = self.scores(seed)
+        return None if scores is None else {"miou": scores["miou"], "pixel_accuracy": scores["pixel_accuracy"]}
 
 
 def plan(study: Study, out: Path, extra: list[str]) -> list[Cell]:
@@ -471,8 +468,9 @@ def collect(study: Study, cells: list[Cell]) -> dict[str, Any]:
         if not cell.current():  # made by another command, and not yet all run again by this one
             stale.append(f"{cell.config.name}/{cell.dataset.name}")
             continue
-        results = {s: cell.result(s) for s in cell.seeds(study)}
-        done = {s: r for s, r in results.items() if r is not None}
+        scored = {s: cell.scores(s) for s in cell.seeds(study)}
+        scored = {s: r for s, r in scored.items() if r is not None}
+        done = {s: {"miou": r["miou"], "pixel_accuracy": r["pixel_accuracy"]} for s, r in scored.items()}
         timed = load_json(cell.folder / "seconds.json") if (cell.folder / "seconds.json").is_file() else {}
         timed = {s: timed[str(s)] for s in done if str(s) in timed}
         for seed, result in done.items():
@@ -489,7 +487,7 @@ def collect(study: Study, cells: list[Cell]) -> dict[str, Any]:
             later = [t["seconds"] / 60 for t in timed.values() if not t["first"]]
             entry["minutes"] = {"first": max(first) if first else None, "later_max": max(later) if later else None,
                                 "total": sum(t["seconds"] for t in timed.values()) / 60}
-        classes = _per_class_mean([cell.per_class_iou(s) for s in done])
+        classes = _per_class_mean([r["per_class_iou"] for r in scored.values()])
         if classes:
             entry["per_class_iou"] = classes
         base = by_cell.get((study.baseline, cell.dataset.name)) if study.baseline else None
