@@ -195,6 +195,8 @@ def test_quality_command_runs_a_study_resumes_and_reports(tmp_path, two_splits):
             "defaults_inductive": {"inductive": "defaults"},
             "refined": {"refine": "defaults", "overrides": ["trainer.max_epochs=1", "model.data.batch_size=2"],
                         "seeds": [0]},
+            # refined's network scored again by evaluate.py: with train.py's CRF it must give refined's numbers
+            "refined_again": {"evaluate": "refined", "overrides": ["postprocess=crf"], "seeds": [0]},
         },
     }
     path = tmp_path / "study.yaml"
@@ -209,15 +211,20 @@ def test_quality_command_runs_a_study_resumes_and_reports(tmp_path, two_splits):
     stamp = seed0.stat().st_mtime_ns
     proc = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "5 runs to do (7 finished before)" in proc.stderr  # resumed: only seed 1 ran (refined has seed 0 only)
+    assert "5 runs to do (9 finished before)" in proc.stderr  # resumed: only seed 1 ran (refined has seed 0 only)
     assert seed0.stat().st_mtime_ns == stamp
     result = json.loads((out / "quality.json").read_text())
     runs = {(r["configuration"], r["dataset"], r["seed"]): r for r in result["runs"]}
     table = result["table"]
-    # 2 configurations x 2 datasets x 2 seeds, the inductive one on val x 2 seeds, refined x 2 datasets x seed 0
-    assert len(runs) == 12
-    for (config, _, _), run in runs.items():
-        if config == "refined":
+    # 2 configurations x 2 datasets x 2 seeds, the inductive one on val x 2 seeds, refined and refined_again x 2
+    # datasets x seed 0
+    assert len(runs) == 14
+    for (config, dataset, seed), run in runs.items():
+        if config == "refined_again":  # nothing trained: the same checkpoint, CRF and masks as refined's
+            assert not (out / run["run"] / "checkpoints").exists()
+            assert run["miou"] == pytest.approx(runs[("refined", dataset, seed)]["miou"], abs=1e-9)
+            assert run["pixel_accuracy"] == pytest.approx(runs[("refined", dataset, seed)]["pixel_accuracy"], abs=1e-9)
+        elif config == "refined":
             refined = json.loads((out / run["run"] / "train_summary.json").read_text())["rounds"][-1]
             assert run["miou"] == refined["refined_train_miou"]
         else:
@@ -275,9 +282,9 @@ def test_quality_command_runs_a_study_resumes_and_reports(tmp_path, two_splits):
     command[command.index("--out") + 1] = str(moved)
     again = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1200)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "0 runs to do (12 finished before)" in again.stderr
+    assert "0 runs to do (14 finished before)" in again.stderr
     result = json.loads((moved / "quality.json").read_text())
-    assert result["stale"] == [] and len(result["runs"]) == 12
+    assert result["stale"] == [] and len(result["runs"]) == 14
     assert all((moved / run["run"] / "pseudo_masks").is_dir() for run in result["runs"] if run["configuration"] != "refined")
     # --report runs nothing and writes the tables from the finished runs (e.g. while another call runs the study)
     (moved / "quality.md").unlink()
@@ -319,6 +326,15 @@ def test_the_quality_command_refuses_what_is_not_one_override_before_any_run(tmp
         bad.write_text(yaml.safe_dump({"datasets": {"val": ["dataset=camvid"]}, "seeds": [0, 1] if own else seeds,
                                        "configurations": {"mine": {"overrides": [], "seeds": own} if own else []}}))
         with pytest.raises(StudyError, match=f"{where} must be a non-empty list of whole numbers >= 0"):
+            load_study(str(bad))
+    # an evaluate row scores a network a refine row trained: of any other row there is no checkpoint to score
+    for rows, message in (({"mine": {"evaluate": "plain"}}, r"configurations\.mine evaluates the network 'plain' trained"),
+                          ({"mine": {"evaluate": "trained", "refine": "plain"}}, "not refine and evaluate"),
+                          ({"mine": {"evaluate": "trained"}, "trained": {"refine": "plain", "overrides": ["rounds=2"]}},
+                           "trains several rounds")):
+        bad.write_text(yaml.safe_dump({"datasets": {"val": ["dataset=camvid", "dataset.split=val"]},
+                                       "configurations": {"plain": [], "trained": {"refine": "plain"}, **rows}}))
+        with pytest.raises(StudyError, match=message):
             load_study(str(bad))
     for option in ("--seeds", "--configs", "--datasets"):  # `--configs ""` would otherwise run every row
         empty = subprocess.run([sys.executable, "-m", "datus.bench", "quality", "--study", "peers", option, "0,"],

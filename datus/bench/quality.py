@@ -10,7 +10,10 @@ points. A *study* (``conf/quality/<name>.yaml``, or any YAML file of that shape)
   ``{inductive: <configuration>, overrides: [...]}`` (``discover.py`` labelling the dataset with the
   centroids that configuration fitted on the dataset's ``fit_on``, seed by seed) or
   ``{refine: <configuration>, overrides: [...]}`` (``train.py`` on that configuration's pseudo masks
-  of the same dataset and seed, transductive: trained and scored on the split itself);
+  of the same dataset and seed, transductive: trained and scored on the split itself) or
+  ``{evaluate: <refine configuration>, overrides: [...]}`` (``evaluate.py`` scoring the network that
+  refine configuration trained on the same dataset and seed under other settings, ``postprocess=none``
+  for the CRF's share: nothing is trained again);
 - ``baseline`` (a configuration every other one is compared with, seed by seed) and ``seeds``; a
   configuration may name its own ``seeds`` (fewer, for an expensive row: the table says how many).
 
@@ -74,16 +77,16 @@ class Dataset:
 class Configuration:
     name: str
     overrides: list[str] = field(default_factory=list)
-    #: ``discover`` | ``inductive`` | ``refine``
+    #: ``discover`` | ``inductive`` | ``refine`` | ``evaluate``
     kind: str = "discover"
-    #: the configuration whose centroids (inductive) or pseudo masks (refine) it reads
+    #: the configuration whose centroids (inductive), pseudo masks (refine) or trained network (evaluate) it reads
     source: str | None = None
     #: its own seeds (None: the study's)
     seeds: list[int] | None = None
 
     @property
     def seed_setting(self) -> str:
-        return "seed" if self.kind == "refine" else "labeling.kmeans.seed"
+        return "seed" if self.kind in ("refine", "evaluate") else "labeling.kmeans.seed"
 
 
 @dataclass
@@ -178,9 +181,10 @@ def load_study(study: str | Path, *, seeds: list[int] | None = None, configurati
     configs = {}
     for name, node in raw["configurations"].items():
         node = node if isinstance(node, dict) else {"overrides": node}
-        kinds = [kind for kind in ("inductive", "refine") if node.get(kind)]
+        kinds = [kind for kind in ("inductive", "refine", "evaluate") if node.get(kind)]
         if len(kinds) > 1:
-            raise StudyError(f"{path}: configurations.{name} is inductive or refine, not both")
+            raise StudyError(f"{path}: configurations.{name} is one of inductive, refine or evaluate, not "
+                             f"{' and '.join(kinds)}")
         kind = kinds[0] if kinds else "discover"
         own = node.get("seeds")
         if own is not None:
@@ -198,6 +202,14 @@ def load_study(study: str | Path, *, seeds: list[int] | None = None, configurati
         if config.source is not None and config.source not in configs:
             raise StudyError(f"{path}: configurations.{config.name} reads configuration {config.source!r}, "
                              f"which the study does not name ({', '.join(configs)})")
+        if config.kind == "evaluate":
+            source = configs[config.source]
+            if source.kind != "refine":
+                raise StudyError(f"{path}: configurations.{config.name} evaluates the network {config.source!r} "
+                                 "trained, but that configuration trains none: name a `refine:` configuration")
+            if any(o.split("=", 1)[0].lstrip("+~") == "rounds" for o in source.overrides):
+                raise StudyError(f"{path}: configurations.{config.name} evaluates {config.source!r}, which trains "
+                                 "several rounds: its last checkpoint is per round (give it one round)")
     for dataset in found.values():
         if dataset.fit_on is not None and dataset.fit_on not in found:
             raise StudyError(f"{path}: datasets.{dataset.name}.fit_on={dataset.fit_on!r} is not a dataset of the study")
@@ -306,6 +318,10 @@ def _command(study: Study, config: Configuration, dataset: Dataset, out: Path, e
         return [sys.executable, "train.py", "-m", *_settable("train", [*data, *extra]), f"train_split={split}",
                 f"val_split={split}", "predict=true", f"pseudo_masks={source}", "logger=none",
                 "trainer.enable_progress_bar=false", *sweep, *config.overrides]
+    if config.kind == "evaluate":  # the source row's network of this dataset and seed (one round: its last epoch)
+        checkpoint = out / "runs" / dataset.name / config.source / f"seed{seed}" / "checkpoints" / "last.ckpt"
+        return [sys.executable, "evaluate.py", "-m", *_settable("evaluate", [*dataset.overrides, *extra]),
+                f"ckpt={checkpoint}", "logger=none", "num_samples=0", *sweep, *config.overrides]
     overrides = list(config.overrides)
     if config.kind == "inductive":  # the source's settings, labelled with its centroids of the fit_on split
         fitted = out / "runs" / dataset.fit_on / config.source / f"seed{seed}" / "labeling" / "centroids.npz"
@@ -580,7 +596,8 @@ def to_markdown(result: dict[str, Any]) -> str:
     for name, config in result["configurations"].items():
         what = {"discover": "discover.py", "inductive": f"discover.py with the centroids `{config['source']}` "
                 "fitted on the dataset's fit_on split", "refine": f"train.py on `{config['source']}`'s pseudo masks "
-                "(transductive)"}[config["kind"]]
+                "(transductive)", "evaluate": f"evaluate.py of the network `{config['source']}` trained (same dataset "
+                "and seed), nothing trained again"}[config["kind"]]
         lines.append(f"- `{name}`: {what} {' '.join(config['overrides'])}".rstrip())
     return "\n".join(lines) + "\n"
 
