@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -280,9 +282,14 @@ def test_quality_command_runs_a_study_resumes_and_reports(tmp_path, two_splits):
     moved.parent.mkdir()
     shutil.move(out, moved)
     command[command.index("--out") + 1] = str(moved)
+    # one network trained again since refined_again scored it (here: its checkpoint touched): that score is redone
+    checkpoint = moved / "runs" / "train" / "refined" / "seed0" / "checkpoints" / "last.ckpt"
+    rescored = moved / "runs" / "train" / "refined_again" / "seed0" / "metrics.json"
+    os.utime(checkpoint, ns=(time.time_ns(), rescored.stat().st_mtime_ns + 10**9))
     again = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1200)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "0 runs to do (14 finished before)" in again.stderr
+    assert "1 runs to do (13 finished before)" in again.stderr
+    assert rescored.stat().st_mtime_ns > checkpoint.stat().st_mtime_ns
     result = json.loads((moved / "quality.json").read_text())
     assert result["stale"] == [] and len(result["runs"]) == 14
     assert all((moved / run["run"] / "pseudo_masks").is_dir() for run in result["runs"] if run["configuration"] != "refined")

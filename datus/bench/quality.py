@@ -276,6 +276,10 @@ class Cell:
         path = self.result_file(seed)
         if not path.is_file():
             return None
+        if self.config.kind == "evaluate":
+            checkpoint = _checkpoint(self.out, self.dataset, self.config, seed)
+            if checkpoint.is_file() and checkpoint.stat().st_mtime_ns > path.stat().st_mtime_ns:
+                return None  # its network was trained again since: this score is not of it
         data = load_json(path)
         if self.config.kind == "refine":
             last = (data.get("rounds") or [{}])[-1]
@@ -318,8 +322,8 @@ def _command(study: Study, config: Configuration, dataset: Dataset, out: Path, e
         return [sys.executable, "train.py", "-m", *_settable("train", [*data, *extra]), f"train_split={split}",
                 f"val_split={split}", "predict=true", f"pseudo_masks={source}", "logger=none",
                 "trainer.enable_progress_bar=false", *sweep, *config.overrides]
-    if config.kind == "evaluate":  # the source row's network of this dataset and seed (one round: its last epoch)
-        checkpoint = out / "runs" / dataset.name / config.source / f"seed{seed}" / "checkpoints" / "last.ckpt"
+    if config.kind == "evaluate":
+        checkpoint = _checkpoint(out, dataset, config, seed)
         return [sys.executable, "evaluate.py", "-m", *_settable("evaluate", [*dataset.overrides, *extra]),
                 f"ckpt={checkpoint}", "logger=none", "num_samples=0", *sweep, *config.overrides]
     overrides = list(config.overrides)
@@ -327,6 +331,12 @@ def _command(study: Study, config: Configuration, dataset: Dataset, out: Path, e
         fitted = out / "runs" / dataset.fit_on / config.source / f"seed{seed}" / "labeling" / "centroids.npz"
         overrides = [*study.configurations[config.source].overrides, f"labeling.centroids={fitted}", *overrides]
     return [sys.executable, "discover.py", "-m", *dataset.overrides, *QUIET, *sweep, *overrides, *extra]
+
+
+def _checkpoint(out: Path, dataset: Dataset, config: Configuration, seed: int | str) -> Path:
+    """The network an evaluate row scores: its source row's on the same dataset and seed (trained in one
+    round, so its last epoch, which made that row's refined masks)."""
+    return out / "runs" / dataset.name / str(config.source) / f"seed{seed}" / "checkpoints" / "last.ckpt"
 
 
 def _settable(config_name: str, overrides: list[str]) -> list[str]:
