@@ -196,7 +196,7 @@ def test_quality_command_runs_a_study_resumes_and_reports(tmp_path, two_splits):
             "defaults": [],
             "defaults_inductive": {"inductive": "defaults"},
             "refined": {"refine": "defaults", "overrides": ["trainer.max_epochs=1", "model.data.batch_size=2"],
-                        "seeds": [0]},
+                        "seeds": [0], "versus": "defaults"},
             # refined's network scored again by evaluate.py: with train.py's CRF it must give refined's numbers
             "refined_again": {"evaluate": "refined", "overrides": ["postprocess=crf"], "seeds": [0]},
         },
@@ -234,6 +234,11 @@ def test_quality_command_runs_a_study_resumes_and_reports(tmp_path, two_splits):
     trained_on = json.loads((out / "runs" / "val" / "refined" / "seed0" / "train_summary.json").read_text())
     assert trained_on["rounds"][0]["pseudo_masks"] == str(out / "runs" / "val" / "defaults" / "seed0" / "pseudo_masks")
     assert table["refined"]["val"]["miou"]["n"] == 1 and "(1 seed)" in (out / "quality.md").read_text()
+    # versus: the paired difference to the row it differs from by one thing (here the refinement), its seeds only
+    gain = 100 * (runs[("refined", "val", 0)]["miou"] - runs[("defaults", "val", 0)]["miou"])
+    assert table["refined"]["val"]["vs_versus"]["mean"] == pytest.approx(gain) and table["refined"]["val"]["vs_versus"]["n"] == 1
+    line = next(r for r in (out / "quality.md").read_text().splitlines() if r.startswith("| refined - defaults |"))
+    assert f" {gain:+.1f} ({gain:+.1f} .. {gain:+.1f}; 1) |" in line
     # IoU per class, mean over the seeds: where a mIoU difference comes from (refined rows too)
     per_seed = [json.loads((out / runs[("defaults", "val", s)]["run"] / "metrics.json").read_text())["per_class_iou"]
                 for s in (0, 1)]
@@ -337,6 +342,8 @@ def test_the_quality_command_refuses_what_is_not_one_override_before_any_run(tmp
     # an evaluate row scores a network a refine row trained: of any other row there is no checkpoint to score
     for rows, message in (({"mine": {"evaluate": "plain"}}, r"configurations\.mine evaluates the network 'plain' trained"),
                           ({"mine": {"evaluate": "trained", "refine": "plain"}}, "not refine and evaluate"),
+                          ({"mine": {"overrides": [], "versus": "mine"}}, r"mine\.versus='mine' names no other"),
+                          ({"mine": {"overrides": [], "versus": "other"}}, r"mine\.versus='other' names no other"),
                           ({"mine": {"evaluate": "trained"}, "trained": {"refine": "plain", "overrides": ["rounds=2"]}},
                            "trains several rounds")):
         bad.write_text(yaml.safe_dump({"datasets": {"val": ["dataset=camvid", "dataset.split=val"]},

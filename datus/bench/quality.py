@@ -15,7 +15,9 @@ points. A *study* (``conf/quality/<name>.yaml``, or any YAML file of that shape)
   refine configuration trained on the same dataset and seed under other settings, ``postprocess=none``
   for the CRF's share: nothing is trained again);
 - ``baseline`` (a configuration every other one is compared with, seed by seed) and ``seeds``; a
-  configuration may name its own ``seeds`` (fewer, for an expensive row: the table says how many).
+  configuration may name its own ``seeds`` (fewer, for an expensive row: the table says how many) and
+  ``versus: <configuration>``, the one row it differs from by one thing (the CRF, a training step), whose
+  paired difference gets its own table: that thing's share, seed by seed.
 
 Every (configuration, dataset) is one Hydra multirun of the README's command over the seeds not
 finished yet (``labeling.kmeans.seed``; ``train.py``'s ``seed``), into
@@ -83,6 +85,8 @@ class Configuration:
     source: str | None = None
     #: its own seeds (None: the study's)
     seeds: list[int] | None = None
+    #: the configuration it is compared with seed by seed besides the baseline (the same row without the CRF, ...)
+    versus: str | None = None
 
     @property
     def seed_setting(self) -> str:
@@ -190,7 +194,7 @@ def load_study(study: str | Path, *, seeds: list[int] | None = None, configurati
         if own is not None:
             own = _seed_list(own, f"{path}: configurations.{name}.seeds")
         configs[name] = Configuration(name, _strings(node.get("overrides"), f"{path}: configurations.{name}"), kind,
-                                      node.get(kind) if kinds else None, own)
+                                      node.get(kind) if kinds else None, own, node.get("versus"))
         check_overrides(configs[name].overrides, f"{path}: configurations.{name}")
     study_seeds = _seed_list(raw["seeds"], f"{path}: seeds") if raw.get("seeds") is not None else [0]
     result = Study(found, configs, raw.get("baseline"),
@@ -202,6 +206,10 @@ def load_study(study: str | Path, *, seeds: list[int] | None = None, configurati
         if config.source is not None and config.source not in configs:
             raise StudyError(f"{path}: configurations.{config.name} reads configuration {config.source!r}, "
                              f"which the study does not name ({', '.join(configs)})")
+    for config in configs.values():
+        if config.versus is not None and (config.versus not in configs or config.versus == config.name):
+            raise StudyError(f"{path}: configurations.{config.name}.versus={config.versus!r} names no other "
+                             f"configuration of the study ({', '.join(n for n in configs if n != config.name)})")
         if config.kind == "evaluate":
             source = configs[config.source]
             if source.kind != "refine":
@@ -516,17 +524,26 @@ def collect(study: Study, cells: list[Cell]) -> dict[str, Any]:
         classes = _per_class_mean([r["per_class_iou"] for r in scored.values()])
         if classes:
             entry["per_class_iou"] = classes
-        base = by_cell.get((study.baseline, cell.dataset.name)) if study.baseline else None
-        if base is not None and cell.config.name != study.baseline:
-            paired = [(done[s]["miou"] - b["miou"]) for s in done if (b := base.result(s)) is not None]
+        for key, other in (("vs_baseline", study.baseline if cell.config.name != study.baseline else None),
+                           ("vs_versus", cell.config.versus)):
+            paired = _paired(done, by_cell.get((other, cell.dataset.name)) if other else None)
             if paired:
-                entry["vs_baseline"] = {k: v for k, v in _stats(paired).items() if k != "values"}
+                entry[key] = paired
         table.setdefault(cell.config.name, {})[cell.dataset.name] = entry
     return {"baseline": study.baseline, "seeds": study.seeds, "datasets": list(study.datasets),
-            "configurations": {n: {"kind": c.kind, "source": c.source, "overrides": c.overrides,
+            "configurations": {n: {"kind": c.kind, "source": c.source, "versus": c.versus, "overrides": c.overrides,
                                    "seeds": c.seeds if c.seeds is not None else study.seeds}
                                for n, c in study.configurations.items()},
             "table": table, "runs": runs, "stale": stale}
+
+
+def _paired(done: dict[int, dict[str, float]], other: Cell | None) -> dict[str, Any] | None:
+    """mIoU differences in points to ``other``'s runs of the same seeds (mean, std, min, max, n; the
+    seeds it has not finished left out), None without a common seed."""
+    if other is None or not other.current():
+        return None
+    paired = [(done[s]["miou"] - b["miou"]) for s in done if (b := other.result(s)) is not None]
+    return {k: v for k, v in _stats(paired).items() if k != "values"} if paired else None
 
 
 def _per_class_mean(seeds: list[dict[str, float | None] | None]) -> dict[str, dict[str, float | int]]:
@@ -593,8 +610,16 @@ def to_markdown(result: dict[str, Any]) -> str:
             cells = []
             for dataset in datasets:
                 diff = table.get(name, {}).get(dataset, {}).get("vs_baseline")
-                cells.append("-" if diff is None else f"{diff['mean']:+.1f} ({diff['min']:+.1f} .. {diff['max']:+.1f})")
+                cells.append(_difference(diff))
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    versus = {n: c["versus"] for n, c in result["configurations"].items() if c.get("versus")}
+    if versus:
+        lines += ["", "Paired mIoU difference of a row to the row it differs from by one thing (`versus`), seed by "
+                  "seed: mean (min .. max) over n seeds", "", "| row - versus | " + " | ".join(datasets) + " |",
+                  "|---|" + "---|" * len(datasets)]
+        for name, other in versus.items():
+            cells = [_difference(table.get(name, {}).get(d, {}).get("vs_versus"), count=True) for d in datasets]
+            lines.append(f"| {name} - {other} | " + " | ".join(cells) + " |")
     lines += _class_tables(result)
     lines += _minutes_table(result, header)
     if result.get("stale"):
@@ -610,6 +635,13 @@ def to_markdown(result: dict[str, Any]) -> str:
                 "and seed), nothing trained again"}[config["kind"]]
         lines.append(f"- `{name}`: {what} {' '.join(config['overrides'])}".rstrip())
     return "\n".join(lines) + "\n"
+
+
+def _difference(diff: dict[str, Any] | None, count: bool = False) -> str:
+    if diff is None:
+        return "-"
+    seeds = f"; {diff['n']}" if count else ""
+    return f"{diff['mean']:+.1f} ({diff['min']:+.1f} .. {diff['max']:+.1f}{seeds})"
 
 
 def _minutes_table(result: dict[str, Any], header: str) -> list[str]:
