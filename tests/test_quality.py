@@ -307,6 +307,36 @@ def test_quality_command_runs_a_study_resumes_and_reports(tmp_path, two_splits):
     narrowed = subprocess.run([*command, "--report", "--configs", "defaults"], cwd=PROJECT_ROOT, capture_output=True,
                               text=True, timeout=600)
     assert narrowed.returncode != 0 and "--report writes the tables of the whole study" in narrowed.stderr
+    # quality.json is the study's record: in an empty folder (another machine, a cleared scratch) --merge gives
+    # the same tables, seconds and per-class IoU included
+    record = json.loads((moved / "quality.json").read_text())
+    assert record["commit"] and record["dataset_overrides"]["val"] == study["datasets"]["val"]["overrides"]
+    (tmp_path / "record.json").write_text(json.dumps(record))
+    fresh = [*command[:command.index("--out") + 1], str(tmp_path / "fresh"), *command[command.index("--out") + 2:],
+             "--merge", str(tmp_path / "record.json")]
+    merged = subprocess.run([*fresh, "--report"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    again = json.loads((tmp_path / "fresh" / "quality.json").read_text())
+    assert again["table"] == record["table"] and again["merged"]["files"][0]["runs"] == 14
+    assert "14 from `" in (tmp_path / "fresh" / "quality.md").read_text()
+    # a run the record lacks runs; what it reads (refined's network, defaults' pseudo masks) runs too, the record
+    # holding only their scores; the rest is not run again
+    record["runs"] = [r for r in record["runs"] if (r["configuration"], r["dataset"]) != ("refined_again", "train")]
+    (tmp_path / "record.json").write_text(json.dumps(record))
+    resumed = subprocess.run(fresh, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1200)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "3 runs to do (11 finished before)" in resumed.stderr
+    again = json.loads((tmp_path / "fresh" / "quality.json").read_text())
+    own = {(r["configuration"], r["dataset"]): r for r in again["runs"] if "record" not in r}
+    assert sorted(own) == [("defaults", "train"), ("refined", "train"), ("refined_again", "train")]
+    assert own[("defaults", "train")]["miou"] == runs[("defaults", "train", 0)]["miou"]  # the same run, made again
+    assert own[("refined_again", "train")]["miou"] == pytest.approx(own[("refined", "train")]["miou"], abs=1e-9)
+    # a row whose settings changed since the record: its recorded runs are left out, saying why
+    study["configurations"]["kmeans_patches"].append("labeling.kmeans.iterations=7")
+    path.write_text(yaml.safe_dump(study))
+    changed = subprocess.run([*fresh, "--report"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    assert changed.returncode == 0 and "--merge: left out `kmeans_patches`" in changed.stderr
+    assert "kmeans_patches" not in json.loads((tmp_path / "fresh" / "quality.json").read_text())["table"]
 
 
 def test_the_quality_command_refuses_what_is_not_one_override_before_any_run(tmp_path):
@@ -354,6 +384,44 @@ def test_the_quality_command_refuses_what_is_not_one_override_before_any_run(tmp
         empty = subprocess.run([sys.executable, "-m", "datus.bench", "quality", "--study", "peers", option, "0,"],
                                cwd=PROJECT_ROOT, capture_output=True, text=True)
         assert empty.returncode != 0 and f"error: {option} '0,': comma-separated, none empty" in empty.stderr
+
+
+def _close(a, b) -> bool:
+    """Nested dicts and lists equal, their floats to 1e-9 relative."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        return a == pytest.approx(b, rel=1e-9)
+    return a == b
+
+
+def test_the_peers_record_in_the_repository_gives_its_own_tables_back(tmp_path):
+    """experiments/results/quality_peers/quality.json, merged into an empty folder, reproduces its tables for
+    every row the study still defines as it did (what a session on a fresh machine resumes from)."""
+    from datus.bench.quality import collect, load_records, plan
+
+    path = PROJECT_ROOT / "experiments" / "results" / "quality_peers" / "quality.json"
+    record = json.loads(path.read_text())
+    study = load_study("peers")
+    records = load_records([path], study, [])
+    cells = plan(study, tmp_path, [])
+    records.attach(cells)
+    table = collect(study, cells)["table"]
+    same = [name for name in record["table"] if name in table]
+    assert len(same) >= 8 and len(records.left_out) == len(record["table"]) - len(same)
+    for name in same:
+        for dataset, entry in record["table"][name].items():
+            mine = table[name][dataset]
+            for key in ("seeds", "miou", "pixel_accuracy", "vs_baseline", "vs_versus", "per_class_iou", "minutes"):
+                assert _close(mine.get(key), entry.get(key)), (name, dataset, key, mine.get(key), entry.get(key))
+    with pytest.raises(StudyError, match="not a quality.json of this command"):
+        (tmp_path / "other.json").write_text(json.dumps({"runs": {}}))
+        load_records([tmp_path / "other.json"], study, [])
+    elsewhere = load_records([path], study, ["backbone=dino_vits8"])
+    if "extra" in record:  # a record of runs made with other overrides for every run gives none of them
+        assert not elsewhere.runs and "backbone=dino_vits8" in elsewhere.left_out[0]
 
 
 # ------------------------------------------------------------------------------ clustering that does not depend on luck

@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> None:
     quality.add_argument("--report", action="store_true",
                          help="run nothing: write the tables from the runs finished in --out (with the options "
                               "the study ran with, e.g. --data), as while another call is running the study")
+    quality.add_argument("--merge", type=Path, action="append", default=[], metavar="QUALITY_JSON",
+                         help="an earlier call's quality.json (another machine, a cluster job, a cleared scratch): "
+                              "its runs count as finished where --out has none (repeatable)")
     quality.add_argument("overrides", nargs="*", help="overrides for every run, e.g. cache_dir=DIR")
     child = sub.add_parser("memory-child", help=argparse.SUPPRESS)
     child.add_argument("--images", type=int, required=True)
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         extra = [*([f"paths.data_dir={args.data.expanduser().resolve()}"] if args.data else []), *args.overrides]
         # the tables cover the whole study: a narrowed call adds its runs to them, it does not replace them
         result = bench_quality(study, args.out.expanduser().resolve(), extra, report=load_study(args.study),
-                               run=not args.report)
+                               run=not args.report, merge=[p.expanduser().resolve() for p in args.merge])
         print(to_markdown(result))
         print(f"written: {args.out / 'quality.md'}, quality.json, quality.png")
         if result["failed"]:

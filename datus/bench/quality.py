@@ -28,6 +28,11 @@ paths relative to ``<out>``). The result is ``quality.json`` (every run, by its 
 aggregates), ``quality.md`` (mean ± std per dataset, the paired difference to the baseline, the IoU of each
 class, and each row's wall minutes: the first seed, cold when the cache was, and the slowest later one) and
 ``quality.png`` (bars with the seed spread).
+
+``quality.json`` is also the study's portable record: ``--merge <quality.json>`` counts the runs an earlier
+call recorded (on another machine, in a cluster job's shard, in a scratch folder since cleared) as
+finished where ``--out`` has none, for the rows and datasets the study still defines the same way; a
+row reading a run's files (pseudo masks, network, centroids) that only a record has runs it again.
 """
 
 from __future__ import annotations
@@ -256,6 +261,10 @@ class Cell:
     command: list[str]
     #: the study's ``--out``: the recorded command and ``quality.json`` name paths relative to it
     out: Path
+    #: seed -> its run as an earlier ``quality.json`` recorded it (``--merge``), used where ``out`` has none
+    recorded: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: per-class IoU an old record kept per row only: (the seeds it averages, class -> mean and n)
+    recorded_classes: tuple[list[int], dict[str, Any]] | None = None
 
     def seeds(self, study: Study) -> list[int]:
         return study.seeds if self.config.seeds is None else self.config.seeds
@@ -279,15 +288,21 @@ class Cell:
 
     def scores(self, seed: int) -> dict[str, Any] | None:
         """A finished seed's mIoU and pixel accuracy (fractions) and its IoU per ground-truth class (None
-        where its run did not record them: a refinement from before they were kept), read in one go; None if
-        the seed has not finished."""
+        where its run did not record them: a refinement from before they were kept), read in one go: the
+        run in ``out`` if this cell's command made it, else the run a merged record holds (``record``
+        names its file); None if the seed has not finished."""
+        own = self.own_scores(seed) if self.current() else None
+        return own if own is not None else self.recorded.get(seed)
+
+    def own_scores(self, seed: int) -> dict[str, Any] | None:
+        """:meth:`scores` of the run in ``out`` only (whatever command made it): what a row reading this
+        one's files (pseudo masks, checkpoint, centroids) can read."""
         path = self.result_file(seed)
         if not path.is_file():
             return None
-        if self.config.kind == "evaluate":
-            checkpoint = _checkpoint(self.out, self.dataset, self.config, seed)
-            if checkpoint.is_file() and checkpoint.stat().st_mtime_ns > path.stat().st_mtime_ns:
-                return None  # its network was trained again since: this score is not of it
+        read = self.reads(seed)
+        if read is not None and read.is_file() and read.stat().st_mtime_ns > path.stat().st_mtime_ns:
+            return None  # what it read (network, pseudo masks, centroids) was made again since: not of it
         data = load_json(path)
         if self.config.kind == "refine":
             last = (data.get("rounds") or [{}])[-1]
@@ -296,6 +311,16 @@ class Cell:
             return {"miou": last["refined_train_miou"], "pixel_accuracy": last["refined_train_pixel_accuracy"],
                     "per_class_iou": last.get("refined_train_per_class_iou")}
         return {"miou": data["miou"], "pixel_accuracy": data["pixel_accuracy"], "per_class_iou": data.get("per_class_iou")}
+
+    def reads(self, seed: int) -> Path | None:
+        """The file of its source row's run this row's run reads, or stands for it: the network (evaluate),
+        the pseudo masks' scores, written after them (refine), the centroids (inductive); None for a row
+        reading no other row."""
+        source = self.out / "runs" / str(self.dataset.fit_on if self.config.kind == "inductive" else self.dataset.name)
+        source = source / str(self.config.source) / f"seed{seed}"
+        return {"evaluate": _checkpoint(self.out, self.dataset, self.config, seed),
+                "refine": source / "metrics.json",
+                "inductive": source / "labeling" / "centroids.npz"}.get(self.config.kind)
 
     def result(self, seed: int) -> dict[str, float] | None:
         """mIoU and pixel accuracy (fractions) of a finished seed, None if it has not finished."""
@@ -391,10 +416,34 @@ def preflight(cells: list[Cell]) -> None:
 
 
 def _pending(cell: Cell, seeds: list[int]) -> list[int]:
-    """Seeds of ``cell`` without a result, or all of them when its command changed since they ran."""
+    """Seeds of ``cell`` without a result (in ``out`` or a merged record), or all of them when its command
+    changed since they ran in ``out`` (the rerun replaces that folder's runs: a seed left to a record
+    would keep an old run there)."""
     if not cell.current():
         return list(seeds)
     return [s for s in seeds if cell.result(s) is None]
+
+
+def _work(study: Study, cells: list[Cell]) -> list[tuple[Cell, list[int]]]:
+    """Each cell with the seeds it must run: its pending ones; those a row reading its files needs where
+    only a record has them (a record holds scores, not pseudo masks, networks or centroids); and the
+    runs in ``out`` that read a source run made again."""
+    pending = {id(cell): _pending(cell, cell.seeds(study)) for cell in cells}
+    by_name = {(c.config.name, c.dataset.name): c for c in cells}
+
+    def source(cell: Cell) -> Cell | None:
+        on = cell.dataset.fit_on if cell.config.kind == "inductive" else cell.dataset.name
+        return by_name.get((cell.config.source, on)) if cell.config.source else None
+
+    for cell in reversed(cells):  # readers come after what they read: a need reaches a source's source
+        if (read := source(cell)) is not None:
+            need = [s for s in pending[id(cell)] if read.own_scores(s) is None]
+            pending[id(read)] = sorted({*pending[id(read)], *need})
+    for cell in cells:
+        if (read := source(cell)) is not None:
+            again = [s for s in pending[id(read)] if s in cell.seeds(study) and cell.own_scores(s) is not None]
+            pending[id(cell)] = sorted({*pending[id(cell)], *again})
+    return [(cell, pending[id(cell)]) for cell in cells]
 
 
 #: how a recorded command names the study's ``--out``
@@ -454,7 +503,7 @@ class _Clock:
         """Whether ``seed`` finished in this call: a result written since it started (a rerun replaces
         old results, which must not count as finished, nor be timed)."""
         path = cell.result_file(seed)
-        return path.is_file() and path.stat().st_mtime >= self.since and cell.result(seed) is not None
+        return path.is_file() and path.stat().st_mtime >= self.since and cell.own_scores(seed) is not None
 
     def finished(self, seeds: set[int]) -> None:
         now = time.monotonic()
@@ -484,6 +533,117 @@ def _error_line(log_path: Path) -> str | None:
     return (errors or lines or [None])[-1]
 
 
+# ------------------------------------------------------------------------------------------ records
+@dataclass
+class Records:
+    """Runs earlier calls recorded in their ``quality.json`` (another machine, a cluster job's shard, a
+    scratch folder since cleared), by (configuration, dataset) and seed, and what was left out and why."""
+
+    runs: dict[tuple[str, str], dict[int, dict[str, Any]]] = field(default_factory=dict)
+    #: (configuration, dataset) -> (seeds, class -> mean % and n): per-class IoU an old record kept per row only
+    classes: dict[tuple[str, str], tuple[list[int], dict[str, Any]]] = field(default_factory=dict)
+    files: list[dict[str, Any]] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)
+
+    def attach(self, cells: list[Cell]) -> None:
+        for cell in cells:
+            key = (cell.config.name, cell.dataset.name)
+            cell.recorded = dict(self.runs.get(key, {}))
+            cell.recorded_classes = self.classes.get(key)
+
+
+def _portable(overrides: list[str]) -> list[str]:
+    """Overrides for every run that can change a result: without the machine's folders (``paths.*``,
+    ``--data``, ``dataset.root``, caches, ``hydra.*``)."""
+    def machine(key: str) -> bool:
+        return key.split(".")[0] in ("paths", "hydra") or key.endswith(("root", "_dir"))
+
+    return [o for o in overrides if not machine(o.lstrip("+~").split("=", 1)[0])]
+
+
+def load_records(paths: list[Path], study: Study, extra: list[str]) -> Records:
+    """The runs ``paths`` (``quality.json`` files this command wrote) recorded for rows and datasets the
+    study still defines the same way: a row whose kind, source or overrides differ, a dataset whose
+    overrides differ, or a file whose overrides for every run differ, is left out (said in ``left_out``).
+    The first file that records a run wins. Records written before the datasets' and every run's overrides
+    were kept are taken as matching; their per-class IoU (kept per row) and which seeds ran first (the one
+    as slow as the row's first-seed minutes, and any slower than its slowest later seed) are recovered
+    from their tables."""
+    records = Records()
+    for path in paths:
+        try:
+            data = load_json(path)
+        except (OSError, ValueError) as err:
+            raise StudyError(f"--merge {path}: not a readable quality.json ({' '.join(str(err).split())})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("runs"), list) or \
+                not isinstance(data.get("configurations"), dict):
+            raise StudyError(f"--merge {path}: not a quality.json of this command (no `runs` and `configurations`)")
+        kept = data.get("extra")
+        if kept is not None and _portable(kept) != _portable(extra):
+            records.left_out.append(f"{path}: its runs had the overrides {_portable(kept)}, this call "
+                                    f"{_portable(extra)}")
+            continue
+        rows = {}
+        for name, config in study.configurations.items():
+            old = data["configurations"].get(name)
+            if old is None:
+                continue
+            now = {"kind": config.kind, "source": config.source, "overrides": config.overrides}
+            then = {k: old.get(k) for k in now}
+            if then != now:
+                records.left_out.append(f"`{name}` in {path}: recorded as {then}, now {now}")
+                continue
+            rows[name] = config
+        datasets = set(study.datasets)
+        for name, overrides in (data.get("dataset_overrides") or {}).items():
+            if name in study.datasets and overrides != study.datasets[name].overrides:
+                records.left_out.append(f"dataset `{name}` in {path}: recorded as {overrides}, now "
+                                        f"{study.datasets[name].overrides}")
+                datasets.discard(name)
+        taken = 0
+        for run in data["runs"]:
+            key, seed = (run.get("configuration"), run.get("dataset")), run.get("seed")
+            if key[0] not in rows or key[1] not in datasets or seed in records.runs.get(key, {}):
+                continue
+            entry = data.get("table", {}).get(key[0], {}).get(key[1], {})
+            first, minutes = run.get("first"), entry.get("minutes")
+            if first is None and run.get("seconds") is not None and minutes:
+                later, took = minutes.get("later_max"), run["seconds"] / 60
+                first = later is None or took > later + 1e-6 or abs(took - (minutes.get("first") or -1)) < 1e-6
+            records.runs.setdefault(key, {})[seed] = {
+                "miou": run["miou"], "pixel_accuracy": run["pixel_accuracy"],
+                "per_class_iou": run.get("per_class_iou"), "seconds": run.get("seconds"),
+                "first": bool(first), "record": _shown(path)}
+            taken += 1
+            if "per_class_iou" not in run and entry.get("per_class_iou") and key not in records.classes:
+                records.classes[key] = (list(entry.get("seeds", [])), entry["per_class_iou"])
+        records.files.append({"file": _shown(path), "commit": data.get("commit"), "runs": taken})
+    return records
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it (records are often committed there)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def code_version() -> str | None:
+    """The repository's commit (``+changes`` when its code differs from it), None outside a clone: which
+    code a record's runs came from."""
+    def git(*args: str) -> str | None:
+        try:
+            proc = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    commit = git("rev-parse", "--short=12", "HEAD")
+    if commit is None:
+        return None
+    changed = git("status", "--porcelain", "--", "datus", "conf", "discover.py", "train.py", "evaluate.py")
+    return f"{commit}+changes" if changed else commit
+
+
 # -------------------------------------------------------------------------------------- aggregates
 def _stats(values: list[float]) -> dict[str, Any]:
     array = 100 * np.asarray(values, dtype=np.float64)
@@ -501,16 +661,21 @@ def collect(study: Study, cells: list[Cell]) -> dict[str, Any]:
     for cell in cells:
         if not cell.current():  # made by another command, and not yet all run again by this one
             stale.append(f"{cell.config.name}/{cell.dataset.name}")
-            continue
         scored = {s: cell.scores(s) for s in cell.seeds(study)}
         scored = {s: r for s, r in scored.items() if r is not None}
         done = {s: {"miou": r["miou"], "pixel_accuracy": r["pixel_accuracy"]} for s, r in scored.items()}
         timed = load_json(cell.folder / "seconds.json") if (cell.folder / "seconds.json").is_file() else {}
-        timed = {s: timed[str(s)] for s in done if str(s) in timed}
+        timed = {s: (scored[s] if "record" in scored[s] else timed.get(str(s))) for s in done}
+        timed = {s: {"seconds": v["seconds"], "first": bool(v["first"])} for s, v in timed.items()
+                 if v is not None and v.get("seconds") is not None}
         for seed, result in done.items():
+            record = scored[seed].get("record")
             runs.append({"configuration": cell.config.name, "dataset": cell.dataset.name, "seed": seed,
                          "run": str(cell.run_dir(seed).relative_to(cell.out)), **result,
-                         "seconds": timed[seed]["seconds"] if seed in timed else None})
+                         "per_class_iou": scored[seed].get("per_class_iou"),
+                         "seconds": timed[seed]["seconds"] if seed in timed else None,
+                         "first": timed[seed]["first"] if seed in timed else None,
+                         **({"record": record} if record else {})})
         if not done:
             continue
         entry = {"kind": cell.config.kind, "seeds": sorted(done),
@@ -521,7 +686,12 @@ def collect(study: Study, cells: list[Cell]) -> dict[str, Any]:
             later = [t["seconds"] / 60 for t in timed.values() if not t["first"]]
             entry["minutes"] = {"first": max(first) if first else None, "later_max": max(later) if later else None,
                                 "total": sum(t["seconds"] for t in timed.values()) / 60}
-        classes = _per_class_mean([r["per_class_iou"] for r in scored.values()])
+        aggregate = None
+        if cell.recorded_classes is not None:  # an old record's per-row means: whole, or not at all
+            without = {s for s, r in scored.items() if "record" in r and not r.get("per_class_iou")}
+            if set(cell.recorded_classes[0]) <= without:
+                aggregate = cell.recorded_classes[1]
+        classes = _per_class_mean([r.get("per_class_iou") for r in scored.values()], aggregate)
         if classes:
             entry["per_class_iou"] = classes
         for key, other in (("vs_baseline", study.baseline if cell.config.name != study.baseline else None),
@@ -540,22 +710,27 @@ def collect(study: Study, cells: list[Cell]) -> dict[str, Any]:
 def _paired(done: dict[int, dict[str, float]], other: Cell | None) -> dict[str, Any] | None:
     """mIoU differences in points to ``other``'s runs of the same seeds (mean, std, min, max, n; the
     seeds it has not finished left out), None without a common seed."""
-    if other is None or not other.current():
+    if other is None:
         return None
     paired = [(done[s]["miou"] - b["miou"]) for s in done if (b := other.result(s)) is not None]
     return {k: v for k, v in _stats(paired).items() if k != "values"} if paired else None
 
 
-def _per_class_mean(seeds: list[dict[str, float | None] | None]) -> dict[str, dict[str, float | int]]:
+def _per_class_mean(seeds: list[dict[str, float | None] | None],
+                    aggregate: dict[str, dict[str, float]] | None = None) -> dict[str, dict[str, float | int]]:
     """Per class: the mean IoU in % over the seeds that recorded it, and their count (a row's seeds all
-    have them, or only the runs made since they were kept)."""
+    have them, or only the runs made since they were kept); ``aggregate`` (class -> mean in % and n) adds
+    seeds an old record kept as a mean only."""
     recorded = [s for s in seeds if s]
-    classes = list(dict.fromkeys(c for s in recorded for c in s))
+    aggregate = aggregate or {}
+    classes = list(dict.fromkeys([*(c for s in recorded for c in s), *aggregate]))
     mean = {}
     for name in classes:
         values = [100 * float(s[name]) for s in recorded if s.get(name) is not None]
-        if values:
-            mean[name] = {"mean": float(np.mean(values)), "n": len(values)}
+        kept = aggregate.get(name) or {"mean": 0.0, "n": 0}
+        count = len(values) + int(kept["n"])
+        if count:
+            mean[name] = {"mean": (float(np.sum(values)) + float(kept["mean"]) * int(kept["n"])) / count, "n": count}
     return mean
 
 
@@ -579,7 +754,7 @@ def _class_tables(result: dict[str, Any]) -> list[str]:
                 cells.append("-" if value is None else f"{value['mean']:.1f}{'*' if short else ''}")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if fewer:
-        lines += ["", "\\* over fewer seeds than the row's mIoU: the runs made before per-class IoU was kept lack it"]
+        lines += ["", "\\* over fewer seeds than the row's mIoU: runs made before per-class IoU was kept lack it"]
     return lines
 
 
@@ -625,6 +800,13 @@ def to_markdown(result: dict[str, Any]) -> str:
     if result.get("stale"):
         lines += ["", "Left out, made by an earlier command of their row (run the study again to replace them): "
                   + ", ".join(f"`{name}`" for name in result["stale"])]
+    merged = result.get("merged") or {}
+    taken = [f for f in merged.get("files", []) if f["runs"]]
+    if taken:
+        lines += ["", "Runs taken from earlier records (`--merge`), where this folder has none: " + "; ".join(
+            f"{f['runs']} from `{f['file']}` (code {f['commit'] or 'not recorded'})" for f in taken)]
+    if merged.get("left_out"):
+        lines += ["", "Records left out: " + "; ".join(merged["left_out"])]
     if result.get("failed"):
         lines += ["", "Failed: " + "; ".join(f"`{name}`: {error}" for name, error in result["failed"].items())]
     lines += ["", "Configurations:", ""]
@@ -709,27 +891,40 @@ def write_results(result: dict[str, Any], out: Path) -> None:
 
 
 def bench_quality(study: Study, out: Path, extra: list[str], *, quiet: bool = False,
-                  report: Study | None = None, run: bool = True) -> dict[str, Any]:
+                  report: Study | None = None, run: bool = True, merge: list[Path] = ()) -> dict[str, Any]:
     """Run every cell's missing seeds (sources first), then write and return the results.
 
     A cell whose run fails is reported (its error line and log) and left out; the others go on. The
     results cover ``report`` (default: ``study``): a call narrowed to some rows, datasets or seeds runs
     only those, but its tables keep every finished run of the whole study in ``out``. ``run=False``
-    runs nothing and writes the tables from the finished runs."""
+    runs nothing and writes the tables from the finished runs. ``merge``: earlier ``quality.json`` files
+    whose recorded runs count as finished where ``out`` has none (:func:`load_records`)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     check_overrides(extra, "overrides for every run")
     if out.exists() and not out.is_dir():
         raise StudyError(f"--out {out} is a file: name a folder for the runs and the results")
+    records = load_records(list(merge), report or study, extra)
+    for note in records.left_out:
+        print(f"--merge: left out {note}", file=sys.stderr)
     cells = plan(study, out, extra)
-    if not run:
-        if not (out / "runs").is_dir():
-            raise StudyError(f"--out {out} holds no runs of a study: nothing to report")
-        result = collect(report or study, plan(report, out, extra) if report is not None else cells)
-        result["failed"] = {}
+    records.attach(cells)
+
+    def results(failures: dict[str, str]) -> dict[str, Any]:
+        shown = cells if report is None else plan(report, out, extra)
+        records.attach(shown)
+        result = collect(report or study, shown)
+        result.update(failed=failures, commit=code_version(), extra=_portable(extra),
+                      dataset_overrides={n: d.overrides for n, d in (report or study).datasets.items()},
+                      merged={"files": records.files, "left_out": records.left_out})
         write_results(result, out)
         return result
-    work = [(cell, _pending(cell, cell.seeds(study))) for cell in cells]
+
+    if not run:
+        if not (out / "runs").is_dir() and not records.runs:
+            raise StudyError(f"--out {out} holds no runs of a study, and no --merge record adds any: nothing to report")
+        return results({})
+    work = _work(study, cells)
     preflight([cell for cell, seeds in work if seeds])
     out.mkdir(parents=True, exist_ok=True)
     failures: dict[str, str] = {}
@@ -760,7 +955,4 @@ def bench_quality(study: Study, out: Path, extra: list[str], *, quiet: bool = Fa
                 scores = [cell.result(s) for s in seeds]
                 mious = " ".join(f"{100 * r['miou']:.1f}" if r else "?" for r in scores)
                 progress.console.print(f"{name}: mIoU {mious} ({minutes:.1f} min)")
-    result = collect(report, plan(report, out, extra)) if report is not None else collect(study, cells)
-    result["failed"] = failures
-    write_results(result, out)
-    return result
+    return results(failures)
