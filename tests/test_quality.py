@@ -374,6 +374,7 @@ def test_the_quality_command_refuses_what_is_not_one_override_before_any_run(tmp
                           ({"mine": {"evaluate": "trained", "refine": "plain"}}, "not refine and evaluate"),
                           ({"mine": {"overrides": [], "versus": "mine"}}, r"mine\.versus='mine' names no other"),
                           ({"mine": {"overrides": [], "versus": "other"}}, r"mine\.versus='other' names no other"),
+                          ({"mine": {"overrides": [], "label": 3}}, r"configurations\.mine\.label must be words"),
                           ({"mine": {"evaluate": "trained"}, "trained": {"refine": "plain", "overrides": ["rounds=2"]}},
                            "trains several rounds")):
         bad.write_text(yaml.safe_dump({"datasets": {"val": ["dataset=camvid", "dataset.split=val"]},
@@ -416,6 +417,20 @@ def test_the_peers_record_in_the_repository_gives_its_own_tables_back(tmp_path):
             mine = table[name][dataset]
             for key in ("seeds", "miou", "pixel_accuracy", "vs_baseline", "vs_versus", "per_class_iou", "minutes"):
                 assert _close(mine.get(key), entry.get(key)), (name, dataset, key, mine.get(key), entry.get(key))
+    # the summary by the rows' labels (the README's table): mean ± std (seeds; paired difference to versus),
+    # the best of each column in bold
+    from datus.bench.quality import to_markdown
+
+    markdown = to_markdown(collect(study, cells)).splitlines()
+    entry = table["stego_crf"]["camvid_val"]
+    m, versus = entry["miou"], entry["vs_versus"]["mean"]
+    line = next(r for r in markdown if r.startswith("| STEGO with its CRF |"))
+    assert line.split(" | ")[1] == f"{m['mean']:.1f} ± {m['std']:.1f} ({m['n']}; {versus:+.1f})"
+    for column, dataset in enumerate(study.datasets, start=1):
+        best = max(table[n][dataset]["miou"]["mean"] for n in table if dataset in table[n])
+        bold = [r.split(" | ")[column] for r in markdown if r.startswith("| ") and " ± " in r and "**" in
+                r.split(" | ")[column]]
+        assert bold and all(b.startswith(f"**{best:.1f}") for b in bold), (dataset, bold)
     with pytest.raises(StudyError, match="not a quality.json of this command"):
         (tmp_path / "other.json").write_text(json.dumps({"runs": {}}))
         load_records([tmp_path / "other.json"], study, [])

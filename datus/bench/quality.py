@@ -17,7 +17,9 @@ points. A *study* (``conf/quality/<name>.yaml``, or any YAML file of that shape)
 - ``baseline`` (a configuration every other one is compared with, seed by seed) and ``seeds``; a
   configuration may name its own ``seeds`` (fewer, for an expensive row: the table says how many) and
   ``versus: <configuration>``, the one row it differs from by one thing (the CRF, a training step), whose
-  paired difference gets its own table: that thing's share, seed by seed.
+  paired difference gets its own table: that thing's share, seed by seed; rows and datasets may name a
+  ``label`` (words): ``quality.md`` then has a summary by labels (mean ± std, seeds, the ``versus``
+  difference, the best of each column in bold), ready for a README.
 
 Every (configuration, dataset) is one Hydra multirun of the README's command over the seeds not
 finished yet (``labeling.kmeans.seed``; ``train.py``'s ``seed``), into
@@ -70,6 +72,8 @@ class Dataset:
     name: str
     overrides: list[str]
     fit_on: str | None = None
+    #: its name in the summary table's header (None: ``name``)
+    label: str | None = None
 
     @property
     def split(self) -> str | None:
@@ -92,6 +96,8 @@ class Configuration:
     seeds: list[int] | None = None
     #: the configuration it is compared with seed by seed besides the baseline (the same row without the CRF, ...)
     versus: str | None = None
+    #: what the row is, in words, for the summary table (README-ready); None: its name
+    label: str | None = None
 
     @property
     def seed_setting(self) -> str:
@@ -147,6 +153,13 @@ def _strings(value: Any, where: str) -> list[str]:
     return [str(v) for v in value]
 
 
+def _label(node: dict[str, Any], where: str) -> str | None:
+    label = node.get("label")
+    if label is not None and not (isinstance(label, str) and label.strip()):
+        raise StudyError(f"{where}.label must be words (a string), got {label!r}")
+    return label
+
+
 def check_overrides(overrides: list[str], where: str) -> None:
     """Refuse, before any run starts, what Hydra cannot parse as one override, or a sweep (a study
     sweeps only the seeds: a value per row)."""
@@ -185,7 +198,8 @@ def load_study(study: str | Path, *, seeds: list[int] | None = None, configurati
     found = {}
     for name, node in raw["datasets"].items():
         node = node if isinstance(node, dict) else {"overrides": node}
-        found[name] = Dataset(name, _strings(node.get("overrides"), f"{path}: datasets.{name}"), node.get("fit_on"))
+        found[name] = Dataset(name, _strings(node.get("overrides"), f"{path}: datasets.{name}"), node.get("fit_on"),
+                              _label(node, f"{path}: datasets.{name}"))
         check_overrides(found[name].overrides, f"{path}: datasets.{name}")
     configs = {}
     for name, node in raw["configurations"].items():
@@ -198,8 +212,9 @@ def load_study(study: str | Path, *, seeds: list[int] | None = None, configurati
         own = node.get("seeds")
         if own is not None:
             own = _seed_list(own, f"{path}: configurations.{name}.seeds")
+        label = _label(node, f"{path}: configurations.{name}")
         configs[name] = Configuration(name, _strings(node.get("overrides"), f"{path}: configurations.{name}"), kind,
-                                      node.get(kind) if kinds else None, own, node.get("versus"))
+                                      node.get(kind) if kinds else None, own, node.get("versus"), label)
         check_overrides(configs[name].overrides, f"{path}: configurations.{name}")
     study_seeds = _seed_list(raw["seeds"], f"{path}: seeds") if raw.get("seeds") is not None else [0]
     result = Study(found, configs, raw.get("baseline"),
@@ -702,7 +717,7 @@ def collect(study: Study, cells: list[Cell]) -> dict[str, Any]:
         table.setdefault(cell.config.name, {})[cell.dataset.name] = entry
     return {"baseline": study.baseline, "seeds": study.seeds, "datasets": list(study.datasets),
             "configurations": {n: {"kind": c.kind, "source": c.source, "versus": c.versus, "overrides": c.overrides,
-                                   "seeds": c.seeds if c.seeds is not None else study.seeds}
+                                   "seeds": c.seeds if c.seeds is not None else study.seeds, "label": c.label}
                                for n, c in study.configurations.items()},
             "table": table, "runs": runs, "stale": stale}
 
@@ -776,6 +791,7 @@ def to_markdown(result: dict[str, Any]) -> str:
             cells.append(f"{m['mean']:.1f} ± {m['std']:.1f} / {a['mean']:.1f}{seeds}")
         bold = "**" if name == result["baseline"] else ""
         lines.append(f"| {bold}{name}{bold} | " + " | ".join(cells) + " |")
+    lines += _summary(result)
     if result["baseline"]:
         lines += ["", f"Paired mIoU difference to `{result['baseline']}`, seed by seed: mean (min .. max)", "",
                   header, "|---|" + "---|" * len(datasets)]
@@ -819,11 +835,44 @@ def to_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _summary(result: dict[str, Any]) -> list[str]:
+    """The rows by their labels (a study naming none has no summary): mIoU mean ± std, in brackets the
+    seeds and the paired difference to the row's ``versus``; the best mean of each column in bold."""
+    datasets, table, configs = result["datasets"], result["table"], result["configurations"]
+    if not any(c.get("label") for c in configs.values()):
+        return []
+    best = {d: max((table[n][d]["miou"]["mean"] for n in configs if d in table.get(n, {})), default=None)
+            for d in datasets}
+    lines = ["", "mIoU in %, mean ± std over the seeds; in brackets their number and the paired difference to the "
+             "row it differs from by one thing (`versus`); the best of each column in bold", "",
+             "| row | " + " | ".join(result.get("dataset_labels", {}).get(d) or d for d in datasets) + " |",
+             "|---|" + "---|" * len(datasets)]
+    for name, config in configs.items():
+        cells = []
+        for dataset in datasets:
+            entry = table.get(name, {}).get(dataset)
+            if entry is None:
+                cells.append("-")
+                continue
+            m = entry["miou"]
+            value = f"{m['mean']:.1f}" + (f" ± {m['std']:.1f}" if m["n"] > 1 else "")
+            value = f"**{value}**" if round(m["mean"], 1) == round(best[dataset], 1) else value
+            versus = entry.get("vs_versus")
+            cells.append(f"{value} ({m['n']}" + (f"; {_signed(versus['mean'])})" if versus else ")"))
+        lines.append(f"| {config.get('label') or f'`{name}`'} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _signed(value: float) -> str:
+    """``value`` to one decimal with its sign; a mean that rounds to zero is +0.0, not -0.0."""
+    return f"{round(value, 1) + 0.0:+.1f}"
+
+
 def _difference(diff: dict[str, Any] | None, count: bool = False) -> str:
     if diff is None:
         return "-"
     seeds = f"; {diff['n']}" if count else ""
-    return f"{diff['mean']:+.1f} ({diff['min']:+.1f} .. {diff['max']:+.1f}{seeds})"
+    return f"{_signed(diff['mean'])} ({_signed(diff['min'])} .. {_signed(diff['max'])}{seeds})"
 
 
 def _minutes_table(result: dict[str, Any], header: str) -> list[str]:
@@ -916,6 +965,7 @@ def bench_quality(study: Study, out: Path, extra: list[str], *, quiet: bool = Fa
         result = collect(report or study, shown)
         result.update(failed=failures, commit=code_version(), extra=_portable(extra),
                       dataset_overrides={n: d.overrides for n, d in (report or study).datasets.items()},
+                      dataset_labels={n: d.label for n, d in (report or study).datasets.items() if d.label},
                       merged={"files": records.files, "left_out": records.left_out})
         write_results(result, out)
         return result
