@@ -417,6 +417,12 @@ def test_the_peers_record_in_the_repository_gives_its_own_tables_back(tmp_path):
             mine = table[name][dataset]
             for key in ("seeds", "miou", "pixel_accuracy", "vs_baseline", "vs_versus", "per_class_iou", "minutes"):
                 assert _close(mine.get(key), entry.get(key)), (name, dataset, key, mine.get(key), entry.get(key))
+    # a record written from merged runs (the next session's) gives the same tables again
+    again = collect(study, cells)
+    (tmp_path / "again.json").write_text(json.dumps(again))
+    cells_again = plan(study, tmp_path / "empty", [])
+    load_records([tmp_path / "again.json"], study, []).attach(cells_again)
+    assert _close(collect(study, cells_again)["table"], again["table"])
     # the summary by the rows' labels (the README's table): mean ± std (seeds; paired difference to versus),
     # the best of each column in bold
     from datus.bench.quality import to_markdown

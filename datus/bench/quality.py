@@ -615,25 +615,43 @@ def load_records(paths: list[Path], study: Study, extra: list[str]) -> Records:
                 records.left_out.append(f"dataset `{name}` in {path}: recorded as {overrides}, now "
                                         f"{study.datasets[name].overrides}")
                 datasets.discard(name)
-        taken = 0
+        mine: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
         for run in data["runs"]:
             key, seed = (run.get("configuration"), run.get("dataset")), run.get("seed")
-            if key[0] not in rows or key[1] not in datasets or seed in records.runs.get(key, {}):
-                continue
+            if key[0] in rows and key[1] in datasets and seed not in records.runs.get(key, {}):
+                mine.setdefault(key, {})[seed] = run
+        for key, runs in mine.items():
             entry = data.get("table", {}).get(key[0], {}).get(key[1], {})
-            first, minutes = run.get("first"), entry.get("minutes")
-            if first is None and run.get("seconds") is not None and minutes:
-                later, took = minutes.get("later_max"), run["seconds"] / 60
-                first = later is None or took > later + 1e-6 or abs(took - (minutes.get("first") or -1)) < 1e-6
-            records.runs.setdefault(key, {})[seed] = {
-                "miou": run["miou"], "pixel_accuracy": run["pixel_accuracy"],
-                "per_class_iou": run.get("per_class_iou"), "seconds": run.get("seconds"),
-                "first": bool(first), "record": _shown(path)}
-            taken += 1
-            if "per_class_iou" not in run and entry.get("per_class_iou") and key not in records.classes:
-                records.classes[key] = (list(entry.get("seeds", [])), entry["per_class_iou"])
+            for seed, run in runs.items():
+                first, minutes = run.get("first"), entry.get("minutes")
+                if first is None and run.get("seconds") is not None and minutes:
+                    later, took = minutes.get("later_max"), run["seconds"] / 60
+                    first = later is None or took > later + 1e-6 or abs(took - (minutes.get("first") or -1)) < 1e-6
+                records.runs.setdefault(key, {})[seed] = {
+                    "miou": run["miou"], "pixel_accuracy": run["pixel_accuracy"],
+                    "per_class_iou": run.get("per_class_iou"), "seconds": run.get("seconds"),
+                    "first": bool(first), "record": _shown(path)}
+            without = sorted(s for s, run in runs.items() if not run.get("per_class_iou"))
+            if without and entry.get("per_class_iou") and key not in records.classes:
+                kept = _class_remainder(entry["per_class_iou"], [r["per_class_iou"] for r in runs.values()
+                                                                 if r.get("per_class_iou")])
+                if kept:
+                    records.classes[key] = (without, kept)
+        taken = sum(len(runs) for runs in mine.values())
         records.files.append({"file": _shown(path), "commit": data.get("commit"), "runs": taken})
     return records
+
+
+def _class_remainder(means: dict[str, dict[str, float]], runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """A row's per-class means (in %, with their n) without the runs that kept their own (fractions): the
+    mean of the runs that kept none, which an earlier record held as a row mean only."""
+    rest = {}
+    for name, kept in means.items():
+        values = [100 * float(r[name]) for r in runs if r.get(name) is not None]
+        count = int(kept["n"]) - len(values)
+        if count > 0:
+            rest[name] = {"mean": (float(kept["mean"]) * int(kept["n"]) - float(np.sum(values))) / count, "n": count}
+    return rest
 
 
 def _shown(path: Path) -> str:
