@@ -288,14 +288,15 @@ class Cell:
         return self.folder / f"seed{seed}"
 
     def current(self) -> bool:
-        """Whether the runs in ``folder`` were made by this cell's command (or no command is recorded). The
-        record names ``--out`` as ``<out>``, so a study folder moved or copied elsewhere stays current; a
-        record written before that (absolute paths) still counts where it was made."""
+        """Whether the runs in ``folder`` were made by this cell's command (or no command is recorded),
+        the machine's folders aside (``--data``, caches: :func:`_portable`). The record names ``--out`` as
+        ``<out>``, so a study folder moved or copied elsewhere stays current; a record written before that
+        (absolute paths) still counts where it was made."""
         record = self.folder / "command.json"
         if not record.is_file():
             return True
         recorded = load_json(record)
-        return recorded == _recorded(self) or recorded == self.command[1:]
+        return _portable(recorded) == _portable(_recorded(self)) or recorded == self.command[1:]
 
     def result_file(self, seed: int) -> Path:
         run = self.run_dir(seed)
