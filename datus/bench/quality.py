@@ -596,7 +596,7 @@ def load_records(paths: list[Path], study: Study, extra: list[str]) -> Records:
             raise StudyError(f"--merge {path}: not a quality.json of this command (no `runs` and `configurations`)")
         kept = data.get("extra")
         if kept is not None and _portable(kept) != _portable(extra):
-            records.left_out.append(f"{path}: its runs had the overrides {_portable(kept)}, this call "
+            records.left_out.append(f"{_shown(path)}: its runs had the overrides {_portable(kept)}, this call "
                                     f"{_portable(extra)}")
             continue
         rows = {}
@@ -607,13 +607,13 @@ def load_records(paths: list[Path], study: Study, extra: list[str]) -> Records:
             now = {"kind": config.kind, "source": config.source, "overrides": config.overrides}
             then = {k: old.get(k) for k in now}
             if then != now:
-                records.left_out.append(f"`{name}` in {path}: recorded as {then}, now {now}")
+                records.left_out.append(f"`{name}` in {_shown(path)}: recorded as {then}, now {now}")
                 continue
             rows[name] = config
         datasets = set(study.datasets)
         for name, overrides in (data.get("dataset_overrides") or {}).items():
             if name in study.datasets and overrides != study.datasets[name].overrides:
-                records.left_out.append(f"dataset `{name}` in {path}: recorded as {overrides}, now "
+                records.left_out.append(f"dataset `{name}` in {_shown(path)}: recorded as {overrides}, now "
                                         f"{study.datasets[name].overrides}")
                 datasets.discard(name)
         mine: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
