@@ -798,16 +798,13 @@ def to_markdown(result: dict[str, Any]) -> str:
     header = "| configuration | " + " | ".join(datasets) + " |"
     lines = [f"mIoU / pixel accuracy in %, mean ± std over k-means seeds {result['seeds']} (honest protocol)",
              "", header, "|---|" + "---|" * len(datasets)]
+    def mean_std(entry: dict[str, Any], dataset: str) -> str:
+        m, a = entry["miou"], entry["pixel_accuracy"]
+        seeds = "" if m["n"] == len(result["seeds"]) else f" ({m['n']} seed{'s' if m['n'] > 1 else ''})"
+        return f"{m['mean']:.1f} ± {m['std']:.1f} / {a['mean']:.1f}{seeds}"
+
     for name in result["configurations"]:
-        cells = []
-        for dataset in datasets:
-            entry = table.get(name, {}).get(dataset)
-            if entry is None:
-                cells.append("-")
-                continue
-            m, a = entry["miou"], entry["pixel_accuracy"]
-            seeds = "" if m["n"] == len(result["seeds"]) else f" ({m['n']} seed{'s' if m['n'] > 1 else ''})"
-            cells.append(f"{m['mean']:.1f} ± {m['std']:.1f} / {a['mean']:.1f}{seeds}")
+        cells = _cells(result, name, mean_std)
         bold = "**" if name == result["baseline"] else ""
         lines.append(f"| {bold}{name}{bold} | " + " | ".join(cells) + " |")
     lines += _summary(result)
@@ -866,20 +863,22 @@ def _summary(result: dict[str, Any]) -> list[str]:
              "row it differs from by one thing (`versus`); the best of each column in bold", "",
              "| row | " + " | ".join(result.get("dataset_labels", {}).get(d) or d for d in datasets) + " |",
              "|---|" + "---|" * len(datasets)]
+    def summary(entry: dict[str, Any], dataset: str) -> str:
+        m, versus = entry["miou"], entry.get("vs_versus")
+        value = f"{m['mean']:.1f}" + (f" ± {m['std']:.1f}" if m["n"] > 1 else "")
+        value = f"**{value}**" if round(m["mean"], 1) == round(best[dataset], 1) else value
+        return f"{value} ({m['n']}" + (f"; {_signed(versus['mean'])})" if versus else ")")
+
     for name, config in configs.items():
-        cells = []
-        for dataset in datasets:
-            entry = table.get(name, {}).get(dataset)
-            if entry is None:
-                cells.append("-")
-                continue
-            m = entry["miou"]
-            value = f"{m['mean']:.1f}" + (f" ± {m['std']:.1f}" if m["n"] > 1 else "")
-            value = f"**{value}**" if round(m["mean"], 1) == round(best[dataset], 1) else value
-            versus = entry.get("vs_versus")
-            cells.append(f"{value} ({m['n']}" + (f"; {_signed(versus['mean'])})" if versus else ")"))
+        cells = _cells(result, name, summary)
         lines.append(f"| {config.get('label') or f'`{name}`'} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _cells(result: dict[str, Any], name: str, text) -> list[str]:
+    """Row ``name``'s cell per dataset: ``text(entry, dataset)``, or - where it has no runs there."""
+    table = result["table"].get(name, {})
+    return [text(table[d], d) if d in table else "-" for d in result["datasets"]]
 
 
 def _signed(value: float) -> str:
