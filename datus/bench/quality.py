@@ -328,12 +328,16 @@ class Cell:
                     "per_class_iou": last.get("refined_train_per_class_iou")}
         return {"miou": data["miou"], "pixel_accuracy": data["pixel_accuracy"], "per_class_iou": data.get("per_class_iou")}
 
+    @property
+    def source_dataset(self) -> str:
+        """The dataset whose run of the source row this row reads: its ``fit_on`` (inductive), else its own."""
+        return str(self.dataset.fit_on) if self.config.kind == "inductive" else self.dataset.name
+
     def reads(self, seed: int) -> Path | None:
         """The file of its source row's run this row's run reads, or stands for it: the network (evaluate),
         the pseudo masks' scores, written after them (refine), the centroids (inductive); None for a row
         reading no other row."""
-        source = self.out / "runs" / str(self.dataset.fit_on if self.config.kind == "inductive" else self.dataset.name)
-        source = source / str(self.config.source) / f"seed{seed}"
+        source = self.out / "runs" / str(self.source_dataset) / str(self.config.source) / f"seed{seed}"
         return {"evaluate": _checkpoint(self.out, self.dataset, self.config, seed),
                 "refine": source / "metrics.json",
                 "inductive": source / "labeling" / "centroids.npz"}.get(self.config.kind)
@@ -448,8 +452,7 @@ def _work(study: Study, cells: list[Cell]) -> list[tuple[Cell, list[int]]]:
     by_name = {(c.config.name, c.dataset.name): c for c in cells}
 
     def source(cell: Cell) -> Cell | None:
-        on = cell.dataset.fit_on if cell.config.kind == "inductive" else cell.dataset.name
-        return by_name.get((cell.config.source, on)) if cell.config.source else None
+        return by_name.get((cell.config.source, cell.source_dataset)) if cell.config.source else None
 
     for cell in reversed(cells):  # readers come after what they read: a need reaches a source's source
         if (read := source(cell)) is not None:
