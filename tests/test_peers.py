@@ -237,7 +237,7 @@ def test_stego_needs_the_head_and_refuses_a_head_of_another_backbone(tmp_path, p
     common = [*TINY, f"dataset.root={photos}", f"paths.cache_dir={tmp_path / 'cache'}"]
     with pytest.raises(Exception) as info:
         run_discover(tmp_path / "a", [*common, "method=stego"])
-    assert "reads a feature head's codes: set feature_head=stego" in str(user_error(info.value))
+    assert "method=stego reads a feature head's codes: set feature_head=stego" in str(user_error(info.value))
     from datus.backbones.projected import ProjectionHead
     from datus.projection import save_head
 

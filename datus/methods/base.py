@@ -90,7 +90,8 @@ class Method(ABC):
 
     @abstractmethod
     def features_read(self) -> dict[str, str]:
-        """The patch features it reads, by the setting that names each (checked before any work)."""
+        """The patch features it reads, by the setting that names each, or by ``method=NAME`` where no setting
+        does (checked before any work)."""
 
     @abstractmethod
     def compute(self, job: Job) -> dict[str, Any]:

@@ -32,7 +32,7 @@ class StegoMethod(KMeansPatches):
         self.temperature = float(temperature)
 
     def features_read(self) -> dict[str, str]:
-        return {"method.patch_feature": "codes"}
+        return {f"method={self.name}": "codes"}  # no setting: STEGO's probe always reads the codes
 
     def scores_to_mask(self, labeler: Labeler, crf, dataset) -> ScoresToMask | None:
         if crf is None:

@@ -188,13 +188,14 @@ class Projection:
 def check_codes(features_read: dict[str, str], projection: Projection | None, debias: str | None = None) -> None:
     """Refuse, before any work, a method reading ``codes`` without a head, or a head whose codes nothing reads.
 
-    ``features_read`` maps each setting to the patch feature it names (``Method.features_read``);
+    ``features_read`` maps each setting to the patch feature it names (``Method.features_read``; a key
+    with ``=`` in it, such as ``method=stego``, is a choice that always reads that feature);
     ``debias``: the graph's ``affinity.debias``, since the key bias means nothing for codes.
     """
     readers = [setting for setting, feature in features_read.items() if feature == "codes"]
     if projection is None and readers:
-        raise ValueError(f"{'=codes, '.join(readers)}=codes reads a feature head's codes: set feature_head=stego "
-                         "(or another feature)")
+        named = ", ".join(r if "=" in r else f"{r}=codes" for r in readers)
+        raise ValueError(f"{named} reads a feature head's codes: set feature_head=stego (or another feature)")
     if projection is not None and not features_read:
         raise ValueError(f"feature_head={projection.name} trains a feature head on backbone features, which this method "
                          "does not read: use feature_head=none")
